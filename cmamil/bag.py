@@ -1,0 +1,74 @@
+"""The aggregator contract: a multi-magnification bag in, logits and attention out.
+
+Magnifications are keyed by their names ("5x", "10x", "20x", "100x" …) and ordered coarse to fine.
+`parents[mag][i]` is the index of instance i's parent in the next coarser magnification, -1 where
+there is none (image sets, or the coarsest scale).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cmamil import registry
+from cmamil.errors import PluginError
+
+__all__ = ["AggregatorOutput", "Bag", "create_aggregator", "magnification_order"]
+
+
+@dataclass
+class Bag:
+    """One slide (or patient) as instance features per magnification, with coords and parent links."""
+
+    features: dict[str, torch.Tensor]
+    coords: dict[str, torch.Tensor] = field(default_factory=dict)
+    parents: dict[str, torch.Tensor] = field(default_factory=dict)
+    bag_id: str = ""
+
+    @property
+    def magnifications(self) -> tuple[str, ...]:
+        """The bag's magnifications, coarse to fine."""
+        return magnification_order(self.features)
+
+    def to(self, device: torch.device | str) -> Bag:
+        """A copy with every tensor on `device`."""
+        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return Bag(move(self.features), move(self.coords), move(self.parents), self.bag_id)
+
+
+@dataclass
+class AggregatorOutput:
+    """Bag logits (1, C), attention per magnification (N,), and an optional auxiliary loss."""
+
+    logits: torch.Tensor
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)
+    aux_loss: torch.Tensor | None = None
+
+
+def magnification_order(mags: Any) -> tuple[str, ...]:
+    """Sort magnification names ('5x', '20x', '0.5um' …) from coarse to fine."""
+
+    def resolution(name: str) -> float:
+        text = name.lower()
+        if text.endswith("x"):
+            return float(text[:-1])
+        if text.endswith("um"):
+            return 1.0 / float(text[:-2])
+        raise ValueError(f"magnification '{name}' is neither '<power>x' nor '<mpp>um'")
+
+    return tuple(sorted(mags, key=resolution))
+
+
+def create_aggregator(
+    name: str, *, in_dim: int, num_classes: int, magnifications: tuple[str, ...], **options: Any
+) -> torch.nn.Module:
+    """Build the registered aggregator `name` for bags of `in_dim` features at `magnifications`."""
+    factory = registry.aggregators.load(name)
+    try:
+        return factory(
+            in_dim=in_dim, num_classes=num_classes, magnifications=tuple(magnifications), **options
+        )
+    except TypeError as exc:
+        raise PluginError(f"aggregator '{name}' rejected its options {sorted(options)}: {exc}") from exc

@@ -1,0 +1,69 @@
+"""The `cmamil` command line: a thin click layer over the library.
+
+Subcommands live one per module and are imported only when invoked, so `cmamil --help` stays instant
+(no torch import). A CmamilError becomes one line on stderr and exit code 1; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from cmamil import __version__
+from cmamil.errors import CmamilError
+
+__all__ = ["main"]
+
+# command name -> (module, attribute, one-line help shown by `cmamil --help` without importing it)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "plugins": ("cmamil.cli.plugins", "plugins", "List and check installed model and aggregator plugins."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module_name, attr, _ = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CmamilError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="cmamil")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, debug: bool) -> None:
+    """Multi-magnification pathology: tile, embed, train and compare models.
+
+    \b
+    Examples:
+      cmamil demo                         # synthetic cohort end to end
+      cmamil plugins list --check         # installed models and aggregators
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    level = logging.DEBUG if verbose > 1 or debug else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

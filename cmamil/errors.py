@@ -1,0 +1,27 @@
+"""The one exception family that library code raises for user-facing problems.
+
+Every message says what is wrong, where, and what to do; the CLI prints it as one line.
+"""
+
+__all__ = [
+    "CmamilError",
+    "InputError",
+    "PluginError",
+    "UnknownPluginError",
+]
+
+
+class CmamilError(Exception):
+    """Base class of every error cmamil reports to a user as one line."""
+
+
+class InputError(CmamilError):
+    """A file, folder, option or table given by the user cannot be used."""
+
+
+class PluginError(CmamilError):
+    """A plugin failed to import, to build, or does not meet its contract."""
+
+
+class UnknownPluginError(PluginError):
+    """A plugin name that no installed package registers."""

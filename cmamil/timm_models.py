@@ -1,0 +1,73 @@
+"""timm architectures behind the patch-model contract (`timm:<arch>`, and the built-in ViT plugins).
+
+Weights: None builds random weights; a local .pth/.safetensors path is loaded through timm's
+`pretrained_cfg_overlay=dict(file=...)`, which drops and re-initialises the classifier when the
+class count differs; the word "hub" downloads timm's default tag (only when a user asks for it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from cmamil.errors import InputError, PluginError
+from cmamil.models import DataConfig
+
+__all__ = ["TimmPatchModel", "create_timm_model", "weights_kwargs"]
+
+HUB = "hub"
+
+
+class TimmPatchModel(nn.Module):
+    """A timm model with `forward_features` returning pooled (B, D) embeddings."""
+
+    def __init__(self, model: nn.Module, data_config: DataConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.data_config = data_config
+        self.num_features = int(model.num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+def weights_kwargs(weights: str | Path | None) -> dict[str, Any]:
+    """timm.create_model keyword arguments for a weights choice (None, 'hub', or a local file)."""
+    if weights is None:
+        return {"pretrained": False}
+    if str(weights) == HUB:
+        return {"pretrained": True}
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise InputError(
+            f"weights file '{weights}' not found; pass a local .pth or .safetensors file, "
+            f"or '{HUB}' to download the default pretrained weights"
+        )
+    return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path.resolve())}}
+
+
+def create_timm_model(
+    arch: str, *, num_classes: int = 0, weights: str | Path | None = None, **options: Any
+) -> TimmPatchModel:
+    """Build timm `arch` (num_classes=0 gives an encoder) wrapped in the patch-model contract."""
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch.split('.')[0][:8]}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise PluginError(f"timm has no architecture '{arch}'{hint}")
+    try:
+        model = timm.create_model(arch, num_classes=num_classes, **weights_kwargs(weights), **options)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise PluginError(f"could not build timm:{arch} with weights {weights!r}: {exc}") from exc
+    config = dict(timm.data.resolve_model_data_config(model))
+    if "img_size" in options:
+        size = options["img_size"]
+        height, width = (size, size) if isinstance(size, int) else size
+        config["input_size"] = (config["input_size"][0], height, width)
+    return TimmPatchModel(model, DataConfig.from_timm(config))

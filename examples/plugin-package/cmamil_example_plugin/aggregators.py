@@ -1,0 +1,34 @@
+"""A max-pooling MIL aggregator that meets cmamil's aggregator contract."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cmamil.bag import AggregatorOutput, Bag
+
+__all__ = ["ExampleMax", "example_max"]
+
+
+class ExampleMax(nn.Module):
+    """Per-magnification linear projection, max over instances, concatenation, linear classifier."""
+
+    def __init__(self, in_dim: int, num_classes: int, magnifications: tuple[str, ...], dim: int = 32) -> None:
+        super().__init__()
+        self.magnifications = magnifications
+        self.project = nn.ModuleDict({m: nn.Linear(in_dim, dim) for m in magnifications})
+        self.classifier = nn.Linear(dim * len(magnifications), num_classes)
+
+    def forward(self, bag: Bag, label: torch.Tensor | None = None) -> AggregatorOutput:
+        pooled, attention = [], {}
+        for mag in self.magnifications:
+            h = torch.relu(self.project[mag](bag.features[mag]))
+            values, index = h.max(dim=0)
+            pooled.append(values)
+            attention[mag] = torch.bincount(index, minlength=h.shape[0]).float() / index.numel()
+        return AggregatorOutput(logits=self.classifier(torch.cat(pooled))[None], attention=attention)
+
+
+def example_max(*, in_dim: int, num_classes: int, magnifications: tuple[str, ...], **options) -> ExampleMax:
+    """Factory registered under `cmamil.aggregators` as `example_max`."""
+    return ExampleMax(in_dim, num_classes, magnifications, **options)

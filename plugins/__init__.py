@@ -1,0 +1,1 @@
+"""cmamil's built-in models and aggregators, registered through entry points in setup.cfg."""
