@@ -21,6 +21,7 @@ __all__ = ["main"]
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "plugins": ("cmamil.cli.plugins", "plugins", "List and check installed model and aggregator plugins."),
     "train": ("cmamil.cli.train", "train", "Train a MIL aggregator on bags or a patch model on images, k-fold."),
+    "report": ("cmamil.cli.report", "report", "Print a run's per-fold and mean ± std metrics and write its figures."),
 }
 
 

@@ -1,0 +1,127 @@
+"""Cross-validation splits: stratified k-fold grouped by patient, a validation part carved from each training part.
+
+A fold's file `fold_K.csv` has the columns `id,split` (split ∈ train, val, test), one row per item. Reused
+splits may also be CLAM-style files (`splits_K.csv` with the columns train, val, test, each listing ids).
+Items of one group (patient) always fall in one part of a fold.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cmamil.atomic import write_text
+from cmamil.errors import InputError
+
+__all__ = ["PARTS", "Split", "load_splits", "make_splits", "save_splits"]
+
+PARTS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    """The ids of one fold's training, validation and test parts (disjoint)."""
+
+    fold: int
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        parts = [set(self.train), set(self.val), set(self.test)]
+        if any(a & b for i, a in enumerate(parts) for b in parts[i + 1:]):
+            raise InputError(f"fold {self.fold}: an id appears in more than one of train, val, test")
+        if not self.train or not self.test:
+            raise InputError(f"fold {self.fold}: the train and test parts must not be empty")
+
+
+def make_splits(
+    ids: Sequence[str],
+    labels: Sequence[int],
+    groups: Sequence[str] | None = None,
+    *,
+    folds: int = 5,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> list[Split]:
+    """Stratified k-fold over groups (patients; each id its own group when None), with a stratified grouped
+    validation part of about `val_fraction` of each training part (none when 0)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    ids = np.asarray(ids, dtype=object)
+    labels = np.asarray(labels)
+    groups = np.asarray(groups if groups is not None else ids, dtype=object)
+    _check_enough(labels, groups, folds, "--folds")
+    outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    splits = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # unequal class sizes across folds are expected
+        for fold, (train, test) in enumerate(outer.split(ids, labels, groups)):
+            val = np.array([], dtype=int)
+            if val_fraction > 0:
+                parts = max(2, round(1 / val_fraction))
+                _check_enough(labels[train], groups[train], parts, f"--val-fraction {val_fraction} in fold {fold}")
+                inner = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed + fold)
+                keep, held = next(inner.split(ids[train], labels[train], groups[train]))
+                train, val = train[keep], train[held]
+            splits.append(Split(fold, *(tuple(ids[np.sort(p)]) for p in (train, val, test))))
+    return splits
+
+
+def _check_enough(labels: np.ndarray, groups: np.ndarray, parts: int, option: str) -> None:
+    """Every class needs at least `parts` groups, so that each part can hold every class."""
+    for label in np.unique(labels):
+        n = len(set(groups[labels == label]))
+        if n < parts:
+            raise InputError(
+                f"class {label} has {n} patient(s)/slide(s), fewer than the {parts} parts that {option} needs; "
+                "lower --folds or --val-fraction, or add data"
+            )
+
+
+def save_splits(splits: Sequence[Split], folder: str | Path) -> None:
+    """Write `fold_K.csv` (id,split) per fold, atomically."""
+    for split in splits:
+        rows = [f"{i},{part}" for part in PARTS for i in getattr(split, part)]
+        write_text(Path(folder) / f"fold_{split.fold}.csv", "id,split\n" + "\n".join(rows) + "\n")
+
+
+def load_splits(folder: str | Path, known: Sequence[str] | None = None) -> list[Split]:
+    """Read `fold_K.csv` (id,split; `slide_id` also accepted) or CLAM-style `splits_K.csv` (train,val,test
+    columns) files, ordered by K; ids outside `known` are an error."""
+    import pandas as pd
+
+    folder = Path(folder)
+    files = sorted(
+        (int(m.group(2)), p)
+        for p in folder.glob("*.csv")
+        if (m := re.fullmatch(r"(fold|splits)_(\d+)\.csv", p.name))
+    )
+    if not files:
+        raise InputError(f"{folder} holds no fold_K.csv or splits_K.csv files")
+    known_set = set(known) if known is not None else None
+    splits = []
+    for fold, (_, path) in enumerate(files):
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table.columns = [c.strip() for c in table.columns]
+        id_column = next((c for c in ("id", "slide_id") if c in table.columns), None)
+        if id_column and "split" in table.columns:
+            parts = {p: [i.strip() for i in table.loc[table["split"].str.strip() == p, id_column]] for p in PARTS}
+        elif {"train", "test"} <= set(table.columns):
+            parts = {p: [i.strip() for i in table.get(p, []) if i.strip()] for p in PARTS}
+        else:
+            raise InputError(
+                f"{path} has columns {', '.join(table.columns)}; expected id,split or CLAM-style train,val,test"
+            )
+        if known_set is not None:
+            unknown = sorted({i for p in parts.values() for i in p} - known_set)
+            if unknown:
+                shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+                raise InputError(f"{path} names {len(unknown)} id(s) missing from the labels: {shown}")
+        splits.append(Split(fold, *(tuple(parts[p]) for p in PARTS)))
+    return splits
