@@ -98,6 +98,24 @@ def test_streaming_spans_many_chunks(tmp_path, monkeypatch):
     np.testing.assert_array_equal(read_bag(path).features["20x"].numpy(), levels["20x"]["features"])
 
 
+@pytest.mark.parametrize("fmt", ["h5", "zarr"])
+def test_streaming_memory_does_not_grow_with_bag_size(tmp_path, fmt):
+    import tracemalloc
+
+    rows, dim = 40_000, 64  # 10 MiB of float32 features, written 500 rows at a time
+    batch = np.ones((500, dim), np.float32)
+    tracemalloc.start()
+    with BagWriter(bag_path(tmp_path, "big", fmt)) as writer:
+        writer.add_magnification("20x", np.zeros((rows, 2), np.int64))
+        tracemalloc.reset_peak()
+        for _ in range(rows // 500):
+            writer.append_features("20x", batch)
+        peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 * 2**20  # about one 1 MiB chunk in flight, not the 10 MiB bag
+    assert bag_info(bag_path(tmp_path, "big", fmt)).counts == {"20x": rows}
+
+
 def test_soft_links_give_a_clam_style_read(tmp_path):
     levels = nested_bag()
     path = write_bag(bag_path(tmp_path, "slide1"), levels)
