@@ -26,7 +26,7 @@ from scipy import ndimage
 __all__ = ["REGION_CODES", "CohortConfig", "CohortSlide", "make_cohort", "render_slide"]
 
 REGION_CODES = {"background": 0, "tissue": 1, "wall": 2, "texture_inside": 3, "texture_outside": 4}
-STROMA = np.array([232.0, 170.0, 200.0])
+STROMA = np.array([222.0, 160.0, 196.0])
 WALL = np.array([135.0, 75.0, 150.0])
 NUCLEUS = np.array([95.0, 60.0, 135.0])
 BACKGROUND = np.array([243.0, 242.0, 240.0])
@@ -81,12 +81,18 @@ class CohortSlide:
 def render_slide(config: CohortConfig, positive: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Render one slide at level 0: (H, W, 3) uint8 RGB and the (H, W) uint8 region map (REGION_CODES)."""
     side = int(round(config.size_um / config.mpp))
-    tissue = _tissue_mask(side, rng)
+    for attempt in range(5):  # a rare narrow blob cannot hold every site: draw another
+        tissue = _tissue_mask(side, rng)
+        try:
+            centres = _place_sites(config, tissue, rng)
+            break
+        except ValueError:
+            if attempt == 4:
+                raise
     mottle = _smooth_field(rng.standard_normal((side // 64 + 2, side // 64 + 2)), side)
     rgb = STROMA.astype(np.float32) + np.float32(6.0) * mottle[..., None]
     regions = np.where(tissue, REGION_CODES["tissue"], REGION_CODES["background"]).astype(np.uint8)
 
-    centres = _place_sites(config, tissue, rng)
     inside = np.zeros(len(centres), bool)
     if positive:
         inside[: max(1, len(centres) // 2)] = True
@@ -111,8 +117,8 @@ def render_slide(config: CohortConfig, positive: bool, rng: np.random.Generator)
     if config.signal > 0 and texture.any():
         ys, xs = np.nonzero(texture)
         k = 2 * np.pi * config.mpp / config.texture_period_um
-        stipple = np.sin(k * xs) * np.sin(k * ys)
-        rgb[ys, xs] *= (1.0 + 0.35 * config.signal * stipple)[:, None].astype(np.float32)
+        stipple = np.sin(k * xs + np.pi / 4) * np.sin(k * ys + np.pi / 4)
+        rgb[ys, xs] += (40.0 * config.signal * stipple)[:, None].astype(np.float32)
     rgb[~tissue] = BACKGROUND
     rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(2.0)
     return np.clip(rgb, 0, 255).astype(np.uint8), regions
@@ -145,7 +151,7 @@ def _place_sites(config: CohortConfig, tissue: np.ndarray, rng: np.random.Genera
     """Ring centres (µm) whose reach (ring and any disc placement) lies in the smooth tissue blob, apart."""
     reach = config.ring_radius_um + config.wall_um + config.gap_um + 2 * config.texture_radius_um
     centres: list[tuple[float, float]] = []
-    for _ in range(2000):
+    for _ in range(5000):
         if len(centres) == config.sites_per_slide:
             break
         cy, cx = rng.uniform(reach, config.size_um - reach, size=2)
@@ -157,6 +163,11 @@ def _place_sites(config: CohortConfig, tissue: np.ndarray, rng: np.random.Genera
         if not tissue[ys, xs].all():
             continue
         centres.append((cy, cx))
+    if len(centres) < config.sites_per_slide:
+        raise ValueError(
+            f"could place only {len(centres)} of {config.sites_per_slide} sites on a {config.size_um:g} µm slide; "
+            "raise size_um or lower sites_per_slide"
+        )
     return centres
 
 
