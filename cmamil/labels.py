@@ -1,4 +1,4 @@
-"""A labelled cohort of slide bags: labels.csv matched to feature files, checked before any training starts.
+"""Labelled slide bags: labels.csv matched to feature files, checked before any training starts.
 
 labels.csv has the columns `slide_id,label` and optionally `patient_id` (slides of one patient never straddle
 folds). Class names are the distinct labels, sorted (numerically when every label is an integer); class k is
@@ -14,13 +14,13 @@ from pathlib import Path
 from cmamil.bag import magnification_order
 from cmamil.errors import InputError
 
-__all__ = ["Cohort", "find_feature_files", "load_cohort", "read_labels"]
+__all__ = ["LabelTable", "find_feature_files", "load_labelled_bags", "read_labels"]
 
 FEATURE_SUFFIXES = (".h5", ".hdf5", ".zarr")
 
 
 @dataclass(frozen=True)
-class Cohort:
+class LabelTable:
     """Slides with their class, patient and feature file; `magnifications` and `in_dim` hold for every bag."""
 
     slide_ids: tuple[str, ...]
@@ -34,7 +34,7 @@ class Cohort:
     def __post_init__(self) -> None:
         n = len(self.slide_ids)
         if len(self.labels) != n or len(self.patients) != n or (self.paths and len(self.paths) != n):
-            raise ValueError("a cohort needs one label, patient (and path) per slide")
+            raise ValueError("a label table needs one label, patient (and path) per slide")
 
     @property
     def has_patients(self) -> bool:
@@ -53,38 +53,38 @@ def _class_order(names: set[str]) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def read_labels(path: str | Path, class_names: tuple[str, ...] | None = None) -> Cohort:
-    """Read labels.csv (slide_id, label[, patient_id]) into a Cohort without feature files; every bad row at once.
+def read_labels(path: str | Path, class_names: tuple[str, ...] | None = None) -> LabelTable:
+    """Read labels.csv (slide_id, label[, patient_id]) into a LabelTable without feature files; every bad row at once.
 
     With `class_names` (e.g. those of a run being resumed) a label outside them is an error; otherwise the
     classes are the distinct labels."""
-    cohort, problems = _parse_labels(Path(path), class_names)
+    table, problems = _parse_labels(Path(path), class_names)
     _raise_problems(Path(path), problems)
-    return cohort
+    return table
 
 
-def _parse_labels(path: Path, class_names: tuple[str, ...] | None) -> tuple[Cohort, list[str]]:
-    """The cohort of the well-formed rows, and one message per problem row."""
+def _parse_labels(path: Path, class_names: tuple[str, ...] | None) -> tuple[LabelTable, list[str]]:
+    """The table of the well-formed rows, and one message per problem row."""
     import pandas as pd
 
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (OSError, ValueError) as exc:
         raise InputError(f"{path} is not a readable CSV ({exc}); give slide_id,label[,patient_id] columns") from exc
-    table.columns = [c.strip() for c in table.columns]
-    missing = [c for c in ("slide_id", "label") if c not in table.columns]
+    frame.columns = [c.strip() for c in frame.columns]
+    missing = [c for c in ("slide_id", "label") if c not in frame.columns]
     if missing:
         raise InputError(
-            f"{path} lacks the column(s) {', '.join(missing)}; it has {', '.join(table.columns) or 'none'} "
+            f"{path} lacks the column(s) {', '.join(missing)}; it has {', '.join(frame.columns) or 'none'} "
             "(expected slide_id,label[,patient_id])"
         )
-    if table.empty:
+    if frame.empty:
         raise InputError(f"{path} has no rows")
-    has_patients = "patient_id" in table.columns
+    has_patients = "patient_id" in frame.columns
     problems: list[str] = []
     seen: dict[str, int] = {}
     rows: list[tuple[str, str, str]] = []
-    for line, record in enumerate(table.itertuples(index=False), start=2):
+    for line, record in enumerate(frame.itertuples(index=False), start=2):
         slide, label = str(record.slide_id).strip(), str(record.label).strip()
         patient = str(record.patient_id).strip() if has_patients else slide
         where = f"line {line}" + (f" ({slide})" if slide else "")
@@ -104,10 +104,10 @@ def _parse_labels(path: Path, class_names: tuple[str, ...] | None) -> tuple[Coho
     if len(names) < 2 and not problems:
         raise InputError(f"{path}: every slide has the label '{names[0]}'; training needs two or more classes")
     code = {name: i for i, name in enumerate(names)}
-    cohort = Cohort(
+    table = LabelTable(
         tuple(r[0] for r in rows), tuple(code[r[1]] for r in rows), tuple(r[2] for r in rows), names
     )
-    return cohort, problems
+    return table, problems
 
 
 def find_feature_files(folder: str | Path) -> dict[str, Path]:
@@ -128,21 +128,21 @@ def find_feature_files(folder: str | Path) -> dict[str, Path]:
     return found
 
 
-def load_cohort(
+def load_labelled_bags(
     features: str | Path,
     labels: str | Path,
     magnifications: tuple[str, ...] | None = None,
     class_names: tuple[str, ...] | None = None,
-) -> Cohort:
+) -> LabelTable:
     """labels.csv matched to the feature files in `features`, every bag checked for `magnifications` (default:
     those of the first bag) and one common feature size; all problems are reported in one error."""
     from cmamil.extract.store import bag_info
 
-    cohort, problems = _parse_labels(Path(labels), class_names)
+    table, problems = _parse_labels(Path(labels), class_names)
     files = find_feature_files(features)
     paths, dims = [], {}
     wanted = tuple(magnifications) if magnifications else None
-    for slide in cohort.slide_ids:
+    for slide in table.slide_ids:
         path = files.get(slide)
         paths.append(path)
         if path is None:
@@ -168,8 +168,8 @@ def load_cohort(
         sizes = ", ".join(f"{d} ({s} …)" for d, s in dims.items())
         problems.append(f"feature sizes differ between bags: {sizes}; extract every bag with one encoder")
     _raise_problems(Path(labels), problems)
-    return Cohort(
-        cohort.slide_ids, cohort.labels, cohort.patients, cohort.class_names,
+    return LabelTable(
+        table.slide_ids, table.labels, table.patients, table.class_names,
         tuple(paths), magnification_order(wanted or ()), next(iter(dims)),
     )
 

@@ -24,7 +24,7 @@ from cmamil.atomic import write_json, write_text, write_yaml
 from cmamil.bag import aggregator_loss, create_aggregator
 from cmamil.bag_dataset import BagDataset, bag_loader
 from cmamil.checkpoint import save_checkpoint
-from cmamil.cohort import Cohort, load_cohort
+from cmamil.labels import LabelTable, load_labelled_bags
 from cmamil.early_stopping import EarlyStopping
 from cmamil.environment import environment_info, resolve_device, seed_everything
 from cmamil.errors import InputError
@@ -118,9 +118,9 @@ class FitResult:
 def _optimizer(model: torch.nn.Module, config: MILTrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay, momentum=0.9)
 
 
@@ -169,7 +169,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             probs.append(torch.softmax(output.logits.detach().float(), dim=1)[0].cpu().numpy())
             labels.append(int(label))
         train_metrics = {"loss": float(np.mean(losses)), **classification_metrics(labels, np.stack(probs), class_names)}
@@ -197,48 +197,48 @@ def fit(
     return FitResult(model, best_epoch, history)
 
 
-def _datasets(cohort: Cohort, split: Split, magnifications: tuple[str, ...]) -> dict[str, BagDataset]:
-    """One BagDataset per part of `split`, reading the cohort's feature files."""
-    index = cohort.index()
+def _datasets(table: LabelTable, split: Split, magnifications: tuple[str, ...]) -> dict[str, BagDataset]:
+    """One BagDataset per part of `split`, reading the table's feature files."""
+    index = table.index()
     out = {}
     for part in ("train", "val", "test"):
         rows = [index[i] for i in getattr(split, part)]
         out[part] = BagDataset(
-            [cohort.paths[r] for r in rows], [cohort.labels[r] for r in rows], magnifications,
-            ids=[cohort.slide_ids[r] for r in rows],
+            [table.paths[r] for r in rows], [table.labels[r] for r in rows], magnifications,
+            ids=[table.slide_ids[r] for r in rows],
         )
     return out
 
 
-def train_fold(config: MILTrainConfig, cohort: Cohort, split: Split, run_dir: Path) -> dict[str, Any]:
+def train_fold(config: MILTrainConfig, table: LabelTable, split: Split, run_dir: Path) -> dict[str, Any]:
     """Train and test one fold into `run_dir/fold_K/`; metrics.json is written last and returned."""
     folder = reset_fold(run_dir, split.fold)
     seed_everything(config.seed + split.fold, config.deterministic)
-    parts = _datasets(cohort, split, cohort.magnifications)
+    parts = _datasets(table, split, table.magnifications)
     model = create_aggregator(
-        config.model, in_dim=cohort.in_dim, num_classes=len(cohort.class_names),
-        magnifications=cohort.magnifications, **config.model_options,
+        config.model, in_dim=table.in_dim, num_classes=len(table.class_names),
+        magnifications=table.magnifications, **config.model_options,
     )
     with SummaryWriter(log_dir=str(folder)) as writer:
         result = fit(
-            model, parts["train"], parts["val"] if len(parts["val"]) else None, config, cohort.class_names,
+            model, parts["train"], parts["val"] if len(parts["val"]) else None, config, table.class_names,
             writer=writer, seed=config.seed + 1000 * split.fold, description=f"fold {split.fold}",
         )
         device = resolve_device(config.device)
         evaluations = {p: evaluate(result.model, parts[p], device, config.num_workers) for p in ("val", "test")
                        if len(parts[p])}
-        metrics = {p: e.metrics(cohort.class_names) for p, e in evaluations.items()}
+        metrics = {p: e.metrics(table.class_names) for p, e in evaluations.items()}
         for part, evaluation in evaluations.items():
-            log_evaluation(writer, part, metrics[part], evaluation.y_true, evaluation.probs, cohort.class_names,
+            log_evaluation(writer, part, metrics[part], evaluation.y_true, evaluation.probs, table.class_names,
                            result.best_epoch)
         hparams = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE}
         hparams.update({f"model_option.{k}": v for k, v in config.model_options.items()}, fold=split.fold)
         hparams.pop("model_options")
         log_hparams(writer, hparams, {f"test_{k}": metrics["test"][k] for k in ("auc", "balanced_accuracy", "f1_macro")})
     save_checkpoint(folder / "checkpoint.pt", result.model, model=config.model, fold=split.fold,
-                    epoch=result.best_epoch, class_names=list(cohort.class_names), in_dim=cohort.in_dim,
-                    magnifications=list(cohort.magnifications), model_options=dict(config.model_options))
-    _write_predictions(folder / "predictions.csv", evaluations["test"], cohort)
+                    epoch=result.best_epoch, class_names=list(table.class_names), in_dim=table.in_dim,
+                    magnifications=list(table.magnifications), model_options=dict(config.model_options))
+    _write_predictions(folder / "predictions.csv", evaluations["test"], table)
     _write_history(folder / "history.csv", result.history)
     fold_metrics = {
         "fold": split.fold,
@@ -252,15 +252,15 @@ def train_fold(config: MILTrainConfig, cohort: Cohort, split: Split, run_dir: Pa
     return fold_metrics
 
 
-def _write_predictions(path: Path, evaluation: Evaluation, cohort: Cohort) -> None:
+def _write_predictions(path: Path, evaluation: Evaluation, table: LabelTable) -> None:
     """predictions.csv: id, patient, true and predicted label (index and name), one probability per class."""
-    index = cohort.index()
-    names = cohort.class_names
+    index = table.index()
+    names = table.class_names
     header = ["slide_id", "patient_id", "label", "label_name", "pred", "pred_name", *(f"prob_{n}" for n in names)]
     lines = [",".join(header)]
     for slide, y, p in zip(evaluation.ids, evaluation.y_true, evaluation.probs):
         pred = int(np.argmax(p))
-        lines.append(",".join([slide, cohort.patients[index[slide]], str(int(y)), names[int(y)], str(pred),
+        lines.append(",".join([slide, table.patients[index[slide]], str(int(y)), names[int(y)], str(pred),
                                names[pred], *(f"{v:.6f}" for v in p)]))
     write_text(path, "\n".join(lines) + "\n")
 
@@ -299,26 +299,26 @@ def _previous_classes(run_dir: Path) -> tuple[str, ...] | None:
     return tuple(str(n) for n in names) if names else None
 
 
-def _splits(config: MILTrainConfig, cohort: Cohort, run_dir: Path) -> list[Split]:
+def _splits(config: MILTrainConfig, table: LabelTable, run_dir: Path) -> list[Split]:
     """The run's own saved splits, else the given --splits, else new ones; saved under run_dir/splits."""
     saved = run_dir / "splits"
     if config.splits is not None:
-        splits = load_splits(config.splits, cohort.slide_ids)
+        splits = load_splits(config.splits, table.slide_ids)
     elif saved.is_dir() and any(saved.glob("fold_*.csv")) and not config.overwrite:
-        splits = load_splits(saved, cohort.slide_ids)
+        splits = load_splits(saved, table.slide_ids)
     else:
         splits = make_splits(
-            cohort.slide_ids, cohort.labels, cohort.patients if cohort.has_patients else None,
+            table.slide_ids, table.labels, table.patients if table.has_patients else None,
             folds=config.folds, val_fraction=config.val_fraction, seed=config.seed,
         )
-    _check_patients(splits, cohort)
+    _check_patients(splits, table)
     save_splits(splits, saved)
     return splits
 
 
-def _check_patients(splits: Sequence[Split], cohort: Cohort) -> None:
+def _check_patients(splits: Sequence[Split], table: LabelTable) -> None:
     """A patient's slides must all lie in one part of each fold."""
-    patient = dict(zip(cohort.slide_ids, cohort.patients))
+    patient = dict(zip(table.slide_ids, table.patients))
     for split in splits:
         owner: dict[str, str] = {}
         for part in ("train", "val", "test"):
@@ -339,15 +339,15 @@ def run_kfold(config: MILTrainConfig) -> dict[str, Any]:
     run_dir = config.out
     run_dir.mkdir(parents=True, exist_ok=True)
     classes = None if config.overwrite else _previous_classes(run_dir)
-    cohort = load_cohort(config.features, config.labels, config.magnifications, classes)
-    _check_config(run_dir, config, cohort.class_names)
-    splits = _splits(config, cohort, run_dir)
+    table = load_labelled_bags(config.features, config.labels, config.magnifications, classes)
+    _check_config(run_dir, config, table.class_names)
+    splits = _splits(config, table, run_dir)
     for split in splits:
         if fold_finished(run_dir, split.fold) and not config.overwrite:
             log.info("fold %d is finished; skipping it", split.fold)
             continue
-        train_fold(config, cohort, split, run_dir)
-    summary = summarize_run(run_dir, cohort.class_names)
+        train_fold(config, table, split, run_dir)
+    summary = summarize_run(run_dir, table.class_names)
     from cmamil.report import write_figures
 
     write_figures(run_dir)
