@@ -13,12 +13,12 @@ from cmamil.atomic import atomic_path
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, **meta: Any) -> Path:
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) -> Path:
     """Write `model`'s weights (on CPU) and `meta` (str/int/float/bool/list/dict values) to `path` atomically."""
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "meta": meta}, tmp)
+        torch.save({"state_dict": state, "meta": meta or {}}, tmp)
     return path
 
 

@@ -235,9 +235,12 @@ def train_fold(config: MILTrainConfig, table: LabelTable, split: Split, run_dir:
         hparams.update({f"model_option.{k}": v for k, v in config.model_options.items()}, fold=split.fold)
         hparams.pop("model_options")
         log_hparams(writer, hparams, {f"test_{k}": metrics["test"][k] for k in ("auc", "balanced_accuracy", "f1_macro")})
-    save_checkpoint(folder / "checkpoint.pt", result.model, model=config.model, fold=split.fold,
-                    epoch=result.best_epoch, class_names=list(table.class_names), in_dim=table.in_dim,
-                    magnifications=list(table.magnifications), model_options=dict(config.model_options))
+    meta = {
+        "model": config.model, "fold": split.fold, "epoch": result.best_epoch, "class_names": list(table.class_names),
+        "in_dim": table.in_dim, "magnifications": list(table.magnifications),
+        "model_options": dict(config.model_options),
+    }
+    save_checkpoint(folder / "checkpoint.pt", result.model, meta)
     _write_predictions(folder / "predictions.csv", evaluations["test"], table)
     _write_history(folder / "history.csv", result.history)
     fold_metrics = {

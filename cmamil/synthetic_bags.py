@@ -9,12 +9,14 @@ tiles among many (a sparse signal) are what attention pooling finds and mean poo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from cmamil.atomic import write_text
 from cmamil.bag import Bag, magnification_order
 
-__all__ = ["PlantedSignal", "nested_bag", "planted_cohort"]
+__all__ = ["PlantedSignal", "nested_bag", "planted_cohort", "write_bag", "write_planted_cohort"]
 
 COARSE_TILE_LEVEL0 = 896  # a 224-px 5x tile at 0.5 µm/px level 0
 
@@ -85,3 +87,36 @@ def planted_cohort(
         bags.append(bag)
         labels.append(label)
     return bags, labels
+
+
+def write_bag(path: str | Path, bag: Bag, *, attrs: dict | None = None) -> Path:
+    """Write `bag` as a feature file (h5 or zarr, from the suffix) through the feature-file store."""
+    from cmamil.extract.store import BagWriter
+
+    with BagWriter(path, attrs=attrs or {"encoder": "synthetic"}) as writer:
+        for mag in bag.magnifications:
+            writer.add_magnification(mag, bag.coords[mag], bag.parents[mag], {"mpp": 10 / float(mag[:-1])})
+            writer.append_features(mag, bag.features[mag])
+    return Path(path)
+
+
+def write_planted_cohort(
+    folder: str | Path,
+    n_bags: int,
+    *,
+    slides_per_patient: int = 1,
+    class_names: tuple[str, str] = ("negative", "positive"),
+    **options,
+) -> Path:
+    """Write a planted cohort (`planted_cohort` options) as `<folder>/<bag_id>.h5` files and `<folder>/labels.csv`
+    (slide_id, label, patient_id; consecutive bags share a patient); returns the labels.csv path."""
+    from cmamil.extract.store import bag_path
+
+    folder = Path(folder)
+    bags, labels = planted_cohort(n_bags, **options)
+    rows = ["slide_id,label,patient_id"]
+    for i, (bag, label) in enumerate(zip(bags, labels)):
+        write_bag(bag_path(folder, bag.bag_id), bag)
+        rows.append(f"{bag.bag_id},{class_names[label]},patient_{i // slides_per_patient:03d}")
+    write_text(folder / "labels.csv", "\n".join(rows) + "\n")
+    return folder / "labels.csv"
