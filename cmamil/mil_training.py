@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 MONITORS = ("auc", "f1_macro", "balanced_accuracy", "accuracy", "loss")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # options that may change between a run and its resumption without changing what is trained
-RESUMABLE = ("device", "num_workers", "overwrite", "progress")
+RESUMABLE = ("device", "num_workers", "overwrite", "progress", "figures")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class MILTrainConfig:
     num_workers: int = 2
     overwrite: bool = False
     progress: bool = True
+    figures: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -125,17 +127,17 @@ def _optimizer(model: torch.nn.Module, config: MILTrainConfig) -> torch.optim.Op
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: BagDataset, device: torch.device, num_workers: int = 0) -> Evaluation:
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> Evaluation:
     """Loss (the training loss, instance part included) and class probabilities of every bag, in eval mode."""
     model.eval()
     losses, probs, labels = [], [], []
-    for bag, label in bag_loader(dataset, shuffle=False, num_workers=num_workers):
+    for bag, label in loader:
         bag, label = bag.to(device), label.to(device)
         output = model(bag, label)
-        losses.append(float(aggregator_loss(model, output, label)))
+        losses.append(aggregator_loss(model, output, label).item())
         probs.append(torch.softmax(output.logits.float(), dim=1)[0].cpu().numpy())
         labels.append(int(label))
-    return Evaluation(float(np.mean(losses)), list(dataset.ids), np.array(labels), np.stack(probs))
+    return Evaluation(float(np.mean(losses)), list(loader.dataset.ids), np.array(labels), np.stack(probs))
 
 
 def fit(
@@ -155,6 +157,8 @@ def fit(
     optimizer = _optimizer(model, config)
     stopper = EarlyStopping(config.monitor, config.patience, config.min_epochs)
     has_val = val is not None and len(val) > 0
+    train_loader = bag_loader(train, shuffle=True, seed=seed, num_workers=config.num_workers)
+    val_loader = bag_loader(val, shuffle=False, num_workers=config.num_workers) if has_val else None
     history: list[dict[str, Any]] = []
     best_state, best_epoch = None, 0
     bar = tqdm(range(config.epochs), desc=description, unit="epoch", disable=None if config.progress else True,
@@ -162,7 +166,7 @@ def fit(
     for epoch in bar:
         model.train()
         losses, probs, labels = [], [], []
-        for bag, label in bag_loader(train, shuffle=True, seed=seed + epoch, num_workers=config.num_workers):
+        for bag, label in train_loader:
             bag, label = bag.to(device), label.to(device)
             output = model(bag, label)
             loss = aggregator_loss(model, output, label)
@@ -178,7 +182,7 @@ def fit(
             log_scalars(writer, "train", train_metrics, epoch)
             writer.add_scalar("lr", optimizer.param_groups[0]["lr"], epoch)
         if has_val:
-            val_metrics = evaluate(model, val, device, config.num_workers).metrics(class_names)
+            val_metrics = evaluate(model, val_loader, device).metrics(class_names)
             row.update({f"val_{k}": val_metrics[k] for k in ("loss", "auc", "accuracy", "balanced_accuracy", "f1_macro")})
             if writer is not None:
                 log_scalars(writer, "val", val_metrics, epoch)
@@ -225,8 +229,10 @@ def train_fold(config: MILTrainConfig, table: LabelTable, split: Split, run_dir:
             writer=writer, seed=config.seed + 1000 * split.fold, description=f"fold {split.fold}",
         )
         device = resolve_device(config.device)
-        evaluations = {p: evaluate(result.model, parts[p], device, config.num_workers) for p in ("val", "test")
-                       if len(parts[p])}
+        evaluations = {
+            p: evaluate(result.model, bag_loader(parts[p], shuffle=False, num_workers=config.num_workers), device)
+            for p in ("val", "test") if len(parts[p])
+        }
         metrics = {p: e.metrics(table.class_names) for p, e in evaluations.items()}
         for part, evaluation in evaluations.items():
             log_evaluation(writer, part, metrics[part], evaluation.y_true, evaluation.probs, table.class_names,
@@ -351,8 +357,9 @@ def run_kfold(config: MILTrainConfig) -> dict[str, Any]:
             continue
         train_fold(config, table, split, run_dir)
     summary = summarize_run(run_dir, table.class_names)
-    from cmamil.report import write_figures
+    if config.figures:
+        from cmamil.report import write_figures
 
-    write_figures(run_dir)
+        write_figures(run_dir)
     return summary
 

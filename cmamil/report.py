@@ -1,7 +1,7 @@
 """The report of a k-fold run: the per-fold and mean ± std table, and figures from the fold outputs.
 
 Figures (in `runs/NAME/figures/`): `roc.png`, `pr.png` and `confusion_matrix.png` over the test predictions of
-every fold pooled, `fold_K_roc.png` per fold, and `fold_K_training.png` (loss and validation curves per epoch).
+every fold pooled, and `fold_K_training.png` per fold (loss and validation curves per epoch).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _class_names(run_dir: Path) -> list[str]:
 
 
 def write_figures(run_dir: str | Path) -> list[Path]:
-    """ROC, PR and confusion-matrix figures of the pooled test predictions, and per-fold ROC and training curves."""
+    """ROC, PR and confusion-matrix figures of the pooled test predictions, and per-fold training curves."""
     import pandas as pd
 
     from cmamil.figures import (
@@ -58,7 +58,6 @@ def write_figures(run_dir: str | Path) -> list[Path]:
         p = predictions[[f"prob_{n}" for n in names]].to_numpy(dtype=float)
         pooled_y.append(y)
         pooled_p.append(p)
-        written.append(save_figure(plot_roc_curves(y, p, names, title=f"fold {fold} ROC"), out / f"fold_{fold}_roc.png"))
         history = folder / "history.csv"
         if history.exists():
             rows = pd.read_csv(history).to_dict("records")
