@@ -70,7 +70,8 @@ def _parse_labels(path: Path, class_names: tuple[str, ...] | None) -> tuple[Labe
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path} is not a readable CSV ({str(exc).strip()}); give slide_id,label[,patient_id] columns") from exc
+        reason = str(exc).strip()
+        raise InputError(f"{path} is not a readable CSV ({reason}); give slide_id,label[,patient_id] columns") from exc
     frame.columns = [c.strip() for c in frame.columns]
     missing = [c for c in ("slide_id", "label") if c not in frame.columns]
     if missing:

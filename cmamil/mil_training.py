@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,11 +24,11 @@ from cmamil.atomic import write_json, write_text, write_yaml
 from cmamil.bag import aggregator_loss, create_aggregator
 from cmamil.bag_dataset import BagDataset, bag_loader
 from cmamil.checkpoint import save_checkpoint
-from cmamil.labels import LabelTable, load_labelled_bags
 from cmamil.early_stopping import EarlyStopping
 from cmamil.environment import environment_info, resolve_device, seed_everything
 from cmamil.errors import InputError
 from cmamil.kfold import fold_finished, reset_fold, summarize_run
+from cmamil.labels import LabelTable, load_labelled_bags
 from cmamil.metrics import classification_metrics
 from cmamil.splits import Split, load_splits, make_splits, save_splits
 from cmamil.tblog import log_evaluation, log_hparams, log_scalars
@@ -39,6 +38,8 @@ __all__ = ["Evaluation", "FitResult", "MILTrainConfig", "evaluate", "fit", "run_
 log = logging.getLogger(__name__)
 
 MONITORS = ("auc", "f1_macro", "balanced_accuracy", "accuracy", "loss")
+HISTORY = ("loss", "auc", "accuracy", "balanced_accuracy", "f1_macro")
+FINAL = ("auc", "balanced_accuracy", "f1_macro")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # options that may change between a run and its resumption without changing what is trained
 RESUMABLE = ("device", "num_workers", "overwrite", "progress", "figures")
@@ -183,7 +184,7 @@ def fit(
             writer.add_scalar("lr", optimizer.param_groups[0]["lr"], epoch)
         if has_val:
             val_metrics = evaluate(model, val_loader, device).metrics(class_names)
-            row.update({f"val_{k}": val_metrics[k] for k in ("loss", "auc", "accuracy", "balanced_accuracy", "f1_macro")})
+            row.update({f"val_{k}": val_metrics[k] for k in HISTORY})
             if writer is not None:
                 log_scalars(writer, "val", val_metrics, epoch)
             if stopper.update(epoch, val_metrics[config.monitor]):
@@ -240,7 +241,7 @@ def train_fold(config: MILTrainConfig, table: LabelTable, split: Split, run_dir:
         hparams = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE}
         hparams.update({f"model_option.{k}": v for k, v in config.model_options.items()}, fold=split.fold)
         hparams.pop("model_options")
-        log_hparams(writer, hparams, {f"test_{k}": metrics["test"][k] for k in ("auc", "balanced_accuracy", "f1_macro")})
+        log_hparams(writer, hparams, {f"test_{k}": metrics["test"][k] for k in FINAL})
     meta = {
         "model": config.model, "fold": split.fold, "epoch": result.best_epoch, "class_names": list(table.class_names),
         "in_dim": table.in_dim, "magnifications": list(table.magnifications),

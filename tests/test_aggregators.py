@@ -38,6 +38,7 @@ def test_builtin_is_registered_by_cmamil_and_meets_the_contract(name):
 
 
 def test_cma_mil_parameter_count_matches_the_reference():
+    torch.manual_seed(0)
     model = create_aggregator("cma_mil", in_dim=512, num_classes=2, magnifications=MAGS)
     assert sum(p.numel() for p in model.parameters()) == 363_982
     # every parameter but the reference's unused `classifiers` layer (258) receives a gradient
@@ -117,7 +118,9 @@ def test_local_cross_attention_only_mixes_parents_and_children():
         "cma_mil", in_dim=16, num_classes=2, magnifications=MAGS, dim=16, cross_attention="local"
     ).eval()
     streams = {}
-    hooks = [ca.register_forward_hook(lambda m, i, o, n=n: streams.__setitem__(n, o)) for n, ca in enumerate(model.cross)]
+    hooks = [
+        ca.register_forward_hook(lambda m, i, o, n=n: streams.__setitem__(n, o)) for n, ca in enumerate(model.cross)
+    ]
     bag = _bag(n_coarse=4)
     model(bag)
     before = {n: s.clone() for n, s in streams.items()}

@@ -117,7 +117,8 @@ def test_clam_style_splits_are_accepted_and_unknown_ids_refused(tmp_path):
 def test_real_foreign_feature_files_load_as_bags(tmp_path):
     files = find_feature_files(MOPADI)
     assert set(files) == {"TCGA-AD-6964-01Z-00-DX1", "TCGA-3X-AAVA-01Z-00-DX1"}
-    labels = _write(tmp_path / "labels.csv", "slide_id,label\nTCGA-3X-AAVA-01Z-00-DX1,CHOL\nTCGA-AD-6964-01Z-00-DX1,MSIH\n")
+    rows = "TCGA-3X-AAVA-01Z-00-DX1,CHOL\nTCGA-AD-6964-01Z-00-DX1,MSIH\n"
+    labels = _write(tmp_path / "labels.csv", "slide_id,label\n" + rows)
     table = load_labelled_bags(MOPADI, labels)
     assert table.class_names == ("CHOL", "MSIH") and table.in_dim == 512
     dataset = BagDataset(table.paths, table.labels, table.magnifications, table.slide_ids)
