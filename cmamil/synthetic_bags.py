@@ -27,7 +27,7 @@ class PlantedSignal:
 
     magnification: str = "20x"
     tiles: int = 3
-    shift: float = 4.0
+    shift: float = 5.0
 
     def __post_init__(self) -> None:
         if self.tiles < 1 or self.shift <= 0:

@@ -19,6 +19,7 @@ from cmamil.environment import seed_everything
 from cmamil.errors import InputError
 from cmamil.extract.store import read_bag
 from cmamil.mil_training import MILTrainConfig, evaluate, fit, run_kfold
+from cmamil.splits import load_splits, make_splits
 from cmamil.synthetic_bags import PlantedSignal, planted_cohort, write_planted_cohort
 
 MAGS = ("5x", "10x", "20x")
@@ -122,6 +123,13 @@ def test_finished_folds_are_skipped_on_rerun_and_changed_options_refused(planted
         run_kfold(_config(folder, labels, run, lr=1e-3))
     run_kfold(_config(folder, labels, run, lr=1e-3, overwrite=True))
     assert fold0.stat().st_mtime_ns != stamp0
+    # given splits are reused as they are (another seed would split differently)
+    reuse = tmp_path / "reuse"
+    run_kfold(_config(folder, labels, reuse, seed=5, splits=run / "splits"))
+    assert load_splits(reuse / "splits") == load_splits(run / "splits")
+    assert make_splits([f"bag_{i:03d}" for i in range(12)], [i % 2 for i in range(12)],
+                       [f"patient_{i // 2:03d}" for i in range(12)], folds=2, val_fraction=0.5, seed=5) \
+        != load_splits(run / "splits")
 
 
 def test_cli_trains_cma_mil_end_to_end_and_reports(planted_files, tmp_path):
