@@ -48,7 +48,10 @@ class AggregatorOutput:
 
 
 def magnification_order(mags: Any) -> tuple[str, ...]:
-    """Sort magnification names ('5x', '20x', '0.5um' …) from coarse to fine."""
+    """Sort magnification names ('5x', '20x', '0.5um' …) from coarse to fine; a lone name of any form passes."""
+    names = tuple(mags)
+    if len(names) == 1:
+        return names
 
     def resolution(name: str) -> float:
         text = name.lower()
@@ -58,7 +61,7 @@ def magnification_order(mags: Any) -> tuple[str, ...]:
             return 1.0 / float(text[:-2])
         raise ValueError(f"magnification '{name}' is neither '<power>x' nor '<mpp>um'")
 
-    return tuple(sorted(mags, key=resolution))
+    return tuple(sorted(names, key=resolution))
 
 
 def create_aggregator(
