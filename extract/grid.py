@@ -13,7 +13,8 @@ ordered by parent (then row-major inside the parent), so the children of one par
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ from cmamil.extract.reader import SlideReader
 from cmamil.extract.resolution import Magnification, Resolution, parse_magnifications, resolve_mpp
 from cmamil.extract.tissue import TissueConfig, TissueMask, find_tissue
 
-__all__ = ["UPSAMPLE_LIMIT", "NestedGrid", "TileSet", "TilingConfig", "plan_tiles"]
+__all__ = ["UPSAMPLE_LIMIT", "NestedGrid", "TileSet", "TilingConfig", "load_grid", "plan_tiles"]
 
 UPSAMPLE_LIMIT = 1.1  # a magnification may need at most 10 % more resolution than the slide has
 
@@ -104,6 +105,10 @@ class NestedGrid:
     dimensions: tuple[int, int]
     resolution: Resolution
     config: TilingConfig
+    level_downsamples: tuple[float, ...] = (1.0,)
+    tissue_threshold: float = float("nan")
+    tissue_fraction: float = float("nan")
+    source: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> TileSet:
         for tile_set in self.tile_sets:
@@ -124,24 +129,33 @@ class NestedGrid:
     @property
     def attrs(self) -> dict[str, Any]:
         """Slide-level attributes: resolution and its source, geometry, and the tiling and tissue settings."""
-        tissue = self.config.tissue
-        attrs = {
+        return {
+            "source": self.source,
             "mpp": self.resolution.mpp,
             "mpp_x": self.resolution.mpp_x,
             "mpp_y": self.resolution.mpp_y,
             "mpp_source": self.resolution.source,
+            "objective_power": self.resolution.objective_power,
             "level0_width": self.dimensions[0],
             "level0_height": self.dimensions[1],
+            "level_downsamples": list(self.level_downsamples),
             "tile_px": self.config.tile_px,
             "magnifications": list(self.names),
             "min_tissue": list(self.config.min_tissue),
-            "tissue_method": tissue.method,
-            "tissue_mask_mpp": tissue.mask_mpp,
-            "tissue_threshold": -1.0 if tissue.threshold is None else tissue.threshold,
+            "tissue": asdict(self.config.tissue),
+            "tissue_threshold": self.tissue_threshold,
+            "tissue_fraction": self.tissue_fraction,
         }
-        if self.resolution.objective_power is not None:
-            attrs["objective_power"] = self.resolution.objective_power
-        return attrs
+
+    def save(self, path: str | Path, *, attrs: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+        """Write the coordinate file (DESIGN §5 layout without features) atomically through the feature store."""
+        from cmamil.extract.store import BagWriter
+
+        path = Path(path)
+        with BagWriter(path, attrs={**self.attrs, **(attrs or {})}, coords_only=True, overwrite=overwrite) as writer:
+            for tile_set in self.tile_sets:
+                writer.add_magnification(tile_set.magnification.name, tile_set.coords, tile_set.parent, tile_set.attrs)
+        return path
 
 
 def plan_tiles(
@@ -186,7 +200,46 @@ def plan_tiles(
                 reader.level_downsamples[level], config.min_tissue[i],
             )
         )
-    return NestedGrid(tuple(tile_sets), (width, height), resolution, config)
+    return NestedGrid(
+        tuple(tile_sets), (width, height), resolution, config, reader.level_downsamples,
+        tissue.threshold, tissue.fraction, reader.source,
+    )
+
+
+def load_grid(path: str | Path) -> NestedGrid:
+    """Read a coordinate file written by `NestedGrid.save` (or a feature file made from one) back into a grid.
+
+    Per-tile tissue fractions are not stored; they come back as NaN.
+    """
+    from cmamil.extract.store import bag_info, read_coords
+
+    info = bag_info(path)
+    attrs = info.attrs
+    if "tile_px" not in attrs or "mpp_source" not in attrs:
+        raise InputError(f"{path} was not written by cmamil tile (no tile_px / mpp_source attributes)")
+    resolution = Resolution(attrs["mpp_x"], attrs["mpp_y"], attrs["mpp_source"], attrs.get("objective_power"))
+    config = TilingConfig(
+        magnifications=",".join(attrs["magnifications"]),
+        tile_px=int(attrs["tile_px"]),
+        min_tissue=tuple(attrs["min_tissue"]),
+        mpp=resolution.mpp if resolution.source == "user" else None,
+        tissue=TissueConfig(**attrs["tissue"]),
+    )
+    tile_sets = []
+    for mag, (coords, parent) in read_coords(path).items():
+        meta = info.coords_attrs[mag]
+        tile_sets.append(
+            TileSet(
+                Magnification(mag, float(meta["mpp"])), coords, parent, np.full(len(coords), np.nan, np.float32),
+                int(meta["tile_px"]), float(meta["tile_size_level0"]), int(meta["read_level"]),
+                float(meta["read_downsample"]), float(meta["min_tissue"]),
+            )
+        )
+    return NestedGrid(
+        tuple(tile_sets), (int(attrs["level0_width"]), int(attrs["level0_height"])), resolution, config,
+        tuple(attrs["level_downsamples"]), float(attrs["tissue_threshold"]), float(attrs["tissue_fraction"]),
+        dict(attrs["source"]),
+    )
 
 
 def _candidates(

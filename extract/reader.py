@@ -116,6 +116,18 @@ class SlideReader(ABC):
         except Exception as exc:
             raise InputError(f"cannot read {self.path.name} at {tuple(location)}: {exc}; is the file complete?") from exc
 
+    @property
+    def source(self) -> dict[str, Any]:
+        """Provenance of the file: absolute path, size in bytes, modification time (Unix s), reader, vendor."""
+        stat = self.path.stat()
+        return {
+            "path": str(self.path.resolve()),
+            "size": stat.st_size,
+            "mtime": stat.st_mtime,
+            "reader": self.kind,
+            "vendor": self.properties.get("openslide.vendor", self.kind),
+        }
+
     def best_level(self, downsample: float) -> int:
         """The coarsest level with at least the resolution of `downsample` (within 1 %)."""
         fits = [i for i, d in enumerate(self.level_downsamples) if d <= downsample * LEVEL_TOLERANCE]
@@ -301,9 +313,11 @@ def open_slide(path: str | Path) -> SlideReader:
         reader: SlideReader = OpenSlideReader(path)
     elif path.suffix.lower() in IMAGE_SUFFIXES:
         reader = ImageReader(path)
+    elif path.suffix.lower() in SLIDE_SUFFIXES:
+        raise InputError(f"OpenSlide does not recognise {path.name}: the file is corrupt, truncated or not a slide")
     else:
         raise InputError(
-            f"{path.name} is not a slide OpenSlide can read nor a plain image; is the file complete and of a "
-            f"supported format ({', '.join(SLIDE_SUFFIXES + IMAGE_SUFFIXES[:4])})?"
+            f"{path.name}: '{path.suffix}' is not a supported file type (slides: {' '.join(SLIDE_SUFFIXES)}; "
+            f"images: {' '.join(IMAGE_SUFFIXES[:4])})"
         )
     return reader.open()
