@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -45,7 +46,7 @@ def tile(ctx: click.Context, slides: tuple[Path, ...], out: Path, storage: str, 
     for result in tile_slides(progress, out, tiling, storage=storage, overwrite=overwrite, qc=qc, debug=debug):
         results.append(result)
         if result.status == "failed":
-            tqdm.write(f"failed: {result.path}: {result.error}", file=click.get_text_stream("stderr"))
+            tqdm.write(f"failed: {result.path}: {result.error}", file=sys.stderr)
     manifest = write_manifest(out / "tile_manifest.csv", results, tiling.names)
     status = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     tiles = {m: sum(r.counts.get(m, 0) for r in results) for m in tiling.names}
