@@ -3,7 +3,10 @@
 With magnifications 5×/10×/20× and 224-px tiles, each 5× tile covers exactly 2×2 10× tiles and 4×4 20× tiles,
 and every finer tile stores the index of its parent in the next coarser magnification. Tile sizes are exact
 in level-0 pixels (`tile_px * target_mpp / slide_mpp`, a float); stored coordinates are their level-0
-top-left corners rounded down, so every tile lies inside the slide and inside its parent (to < 1 px).
+top-left corners rounded down, so every tile lies inside its parent (to < 1 px). The coarse grid covers the
+whole slide: tiles in the last row and column may extend past the slide's edge (reads there return the
+slide's background), and finer tiles exist only where their top-left corner is inside the slide. Tissue
+fractions are measured over the whole tile, so the part outside the slide counts as background.
 
 Which tiles are kept: every tile whose own tissue fraction reaches its magnification's threshold, and every
 ancestor of a kept tile, so that each kept fine tile has its parent chain. Within a magnification, tiles are
@@ -176,15 +179,17 @@ def plan_tiles(
                 f"{reader.path.name} is scanned at {resolution.mpp:.4g} µm/px ({resolution.source}); {mag.name} "
                 f"({mag.mpp:.4g} µm/px) would need upsampling: drop it from --magnifications"
             )
-    columns, rows = math.floor(width / sizes[0] + 1e-9), math.floor(height / sizes[0] + 1e-9)
-    if columns == 0 or rows == 0:
-        raise InputError(
-            f"{reader.path.name} ({width}x{height} px) is smaller than one {config.names[0]} tile "
-            f"({sizes[0]:.0f} px at level 0); use a finer coarsest magnification or a smaller --tile-px"
-        )
+    columns, rows = math.ceil(width / sizes[0] - 1e-9), math.ceil(height / sizes[0] - 1e-9)
     xs, ys, parents = _candidates(columns, rows, sizes)
     fractions = [tissue.fractions(x, y, size) for x, y, size in zip(xs, ys, sizes)]
+    for x, y, fraction in zip(xs, ys, fractions):
+        fraction[(x >= width) | (y >= height)] = -1.0  # starts outside the slide: never a tile
     keep = _keep(fractions, parents, config.min_tissue)
+    if not keep[0].any():
+        raise InputError(
+            f"no {config.names[0]} tile of {reader.path.name} reaches {config.min_tissue[0]:.0%} tissue (tissue "
+            f"covers {tissue.fraction:.1%} of the slide); lower --min-tissue or use a finer coarsest magnification"
+        )
     tile_sets = []
     new_index = np.empty(0, dtype=np.int64)
     for i, (mag, size) in enumerate(zip(config.magnifications, sizes)):
@@ -259,8 +264,11 @@ def _candidates(
 
 
 def _keep(fractions: list[np.ndarray], parents: list[np.ndarray], thresholds: Sequence[float]) -> list[np.ndarray]:
-    """Tiles that pass their own threshold, plus every ancestor of such a tile (finest to coarsest)."""
-    keep = [f >= t for f, t in zip(fractions, thresholds)]
+    """Tiles that pass their own threshold, plus every ancestor of such a tile (finest to coarsest).
+
+    Candidates starting outside the slide carry fraction -1 and are never kept.
+    """
+    keep = [(f >= t) & (f >= 0) for f, t in zip(fractions, thresholds)]
     for i in range(len(keep) - 1, 0, -1):
         keep[i - 1] = keep[i - 1] | np.bincount(parents[i], weights=keep[i], minlength=len(keep[i - 1])).astype(bool)
     return keep

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,6 +30,7 @@ __all__ = ["Region", "SyntheticTissue", "TileSource", "write_slide"]
 # (x, y, width, height) of a level-0 region -> (height, width, 3) uint8 RGB
 TileSource = Callable[[int, int, int, int], np.ndarray]
 VENDORS = ("generic", "aperio")
+_GRAIN = (251, 257)
 WHITE = 255
 
 
@@ -91,7 +93,7 @@ class SyntheticTissue:
 
     def mask(self, x: int, y: int, width: int, height: int) -> np.ndarray:
         """(height, width) bool: which pixels of the level-0 box are tissue."""
-        yy, xx = np.mgrid[y : y + height, x : x + width]
+        yy, xx = np.arange(y, y + height)[:, None], np.arange(x, x + width)[None, :]
         inside = np.zeros((height, width), dtype=bool)
         for region in self.regions:
             if region.overlaps(x, y, width, height):
@@ -100,18 +102,16 @@ class SyntheticTissue:
 
     def __call__(self, x: int, y: int, width: int, height: int) -> np.ndarray:
         """RGB pixels of the level-0 box (x, y, width, height)."""
-        out = np.full((height, width, 3), WHITE, dtype=np.uint8)
         if not any(r.overlaps(x, y, width, height) for r in self.regions):
-            return out
+            return np.full((height, width, 3), WHITE, dtype=np.uint8)
         inside = self.mask(x, y, width, height)
-        if not inside.any():
-            return out
-        colour = np.empty((height, width, 3), dtype=np.float32)
-        colour[:] = self.stroma
-        colour[self._nuclei(x, y, width, height)] = self.nucleus
+        palette = np.array([self.stroma, self.nucleus], dtype=np.int16)
+        colour = palette[self._nuclei(x, y, width, height).view(np.uint8)]
         colour += self._grain(x, y, width, height)[..., None]
-        out[inside] = np.clip(colour[inside], 0, 255).astype(np.uint8)
-        return out
+        rgb = np.clip(colour, 0, 255).astype(np.uint8)
+        if not inside.all():
+            rgb[~inside] = WHITE
+        return rgb
 
     def _nuclei(self, x: int, y: int, width: int, height: int) -> np.ndarray:
         """(height, width) bool: pixels inside a nucleus; one possible nucleus per lattice cell, jittered."""
@@ -121,20 +121,28 @@ class SyntheticTissue:
         cy1, cx1 = int((y + height) // cell) + 1, int((x + width) // cell) + 1
         gy, gx = np.mgrid[cy0:cy1, cx0:cx1]
         h = _hash(gx, gy, self.seed)
-        present = (h & 0xFFFF) < self.nuclei_density * 0x10000
         slack = cell - 2 * radius
-        centre_x = gx * cell + radius + ((h >> 16) & 0xFF) / 255.0 * slack
-        centre_y = gy * cell + radius + ((h >> 24) & 0xFF) / 255.0 * slack
-        yy, xx = np.mgrid[y : y + height, x : x + width]
-        iy, ix = (yy // cell).astype(np.int64) - cy0, (xx // cell).astype(np.int64) - cx0
-        dx, dy = xx + 0.5 - centre_x[iy, ix], yy + 0.5 - centre_y[iy, ix]
-        return present[iy, ix] & (dx * dx + dy * dy <= radius * radius)
+        offset_x = (radius + ((h >> 16) & 0xFF) / 255.0 * slack).astype(np.float32)
+        offset_y = (radius + ((h >> 24) & 0xFF) / 255.0 * slack).astype(np.float32)
+        offset_x[(h & 0xFFFF) >= self.nuclei_density * 0x10000] = np.inf  # no nucleus in this cell
+        ys, xs = np.arange(y, y + height) + 0.5, np.arange(x, x + width) + 0.5
+        iy, ix = (ys // cell).astype(np.int64), (xs // cell).astype(np.int64)
+        within_y = (ys - iy * cell).astype(np.float32)[:, None]  # position inside the cell
+        within_x = (xs - ix * cell).astype(np.float32)[None, :]
+        cells = np.ix_(iy - cy0, ix - cx0)
+        dx, dy = within_x - offset_x[cells], within_y - offset_y[cells]
+        return dx * dx + dy * dy <= radius * radius
 
     def _grain(self, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """(height, width) float32 brightness noise in ±noise, a deterministic function of position."""
-        yy, xx = np.mgrid[y : y + height, x : x + width]
-        h = _hash(xx, yy, self.seed + 1)
-        return ((h & 0xFF).astype(np.float32) / 255.0 - 0.5) * (2 * self.noise)
+        """(height, width) int16 brightness noise in ±noise, a deterministic function of position."""
+        rows = (np.arange(y, y + height) % _GRAIN[0])[:, None]
+        columns = (np.arange(x, x + width) % _GRAIN[1])[None, :]
+        return (self._grain_table[rows, columns] * self.noise).astype(np.int16)
+
+    @cached_property
+    def _grain_table(self) -> np.ndarray:
+        """Uniform noise in [-1, 1] on a prime-sized torus, so its period never lines up with tiles."""
+        return np.random.default_rng(self.seed).uniform(-1, 1, _GRAIN).astype(np.float32)
 
 
 def _hash(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:

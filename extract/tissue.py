@@ -1,7 +1,8 @@
 """Tissue detection on a low-resolution thumbnail: HSV saturation (or fluorescence intensity) + Otsu, then clean-up.
 
 Brightfield stains (H&E, IHC) are coloured on white glass, so saturation separates them; fluorescence is bright
-on dark, so (log) intensity does. The mask is smoothed, closed, stripped of small objects and of small holes, and
+on dark, so (log) intensity does. The signal is smoothed (local mean) and thresholded (Otsu's method unless a
+fixed threshold is given); the mask is closed, stripped of small objects and of small holes, and
 answers "what fraction of this level-0 square is tissue?" for every tile through a summed-area table.
 """
 
@@ -60,12 +61,15 @@ class TissueMask:
         height, width = self.mask.shape
         table = np.zeros((height + 1, width + 1), dtype=np.int64)
         table[1:, 1:] = self.mask.cumsum(0).cumsum(1)
-        x0 = np.clip(np.rint(np.asarray(x) / self.scale[0]).astype(np.int64), 0, width - 1)
-        y0 = np.clip(np.rint(np.asarray(y) / self.scale[1]).astype(np.int64), 0, height - 1)
-        x1 = np.clip(np.rint((np.asarray(x) + size) / self.scale[0]).astype(np.int64), x0 + 1, width)
-        y1 = np.clip(np.rint((np.asarray(y) + size) / self.scale[1]).astype(np.int64), y0 + 1, height)
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        x0, y0 = np.rint(x / self.scale[0]).astype(np.int64), np.rint(y / self.scale[1]).astype(np.int64)
+        x1 = np.maximum(np.rint((x + size) / self.scale[0]).astype(np.int64), x0 + 1)
+        y1 = np.maximum(np.rint((y + size) / self.scale[1]).astype(np.int64), y0 + 1)
+        area = (x1 - x0) * (y1 - y0)  # the whole tile: any part outside the slide counts as background
+        x0, x1 = np.clip(x0, 0, width), np.clip(x1, 0, width)
+        y0, y1 = np.clip(y0, 0, height), np.clip(y1, 0, height)
         inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
-        return (inside / ((x1 - x0) * (y1 - y0))).astype(np.float32)
+        return (inside / area).astype(np.float32)
 
     @property
     def fraction(self) -> float:
@@ -96,21 +100,22 @@ def find_tissue(reader: SlideReader, mpp: float, config: TissueConfig = TissueCo
 
 
 def _signal(rgb: np.ndarray, method: str, smooth: int) -> np.ndarray:
-    """Tissue signal in [0, 1], smoothed over `smooth` px.
+    """Tissue signal in [0, 1], averaged over `smooth` px.
 
-    Brightfield: HSV saturation, median-filtered (dark pixels, e.g. outside the scan, count as background).
-    Fluorescence: the local mean of the brightest channel on a log scale, so that sparse nuclei on black
-    glass still read as one tissue region.
+    Brightfield: HSV saturation (dark pixels, e.g. outside the scan, count as background). Fluorescence: the
+    brightest channel on a log scale, so that sparse nuclei on black glass still read as one tissue region.
     """
     top = rgb.max(axis=2)
     if method == "fluorescence":
-        mean = ndimage.uniform_filter(top.astype(np.float32), size=smooth)
-        return np.log1p(mean) / np.log1p(255.0)
-    spread = top.astype(np.int32) - rgb.min(axis=2)
-    saturation = np.where(top >= 26, spread * 255 // np.maximum(top, 1), 0).astype(np.uint8)
+        signal = top.astype(np.float32)
+    else:
+        spread = top.astype(np.float32) - rgb.min(axis=2)
+        signal = np.where(top >= 26, spread / np.maximum(top, 1), 0).astype(np.float32) * 255
     if smooth > 1:
-        saturation = ndimage.median_filter(saturation, size=smooth)
-    return saturation.astype(np.float32) / 255
+        signal = ndimage.uniform_filter(signal, size=smooth)
+    if method == "fluorescence":
+        return np.log1p(signal) / np.log1p(255.0)
+    return signal / 255
 
 
 def _otsu(signal: np.ndarray) -> float:
@@ -128,13 +133,13 @@ def _odd(size: float) -> int:
 
 
 def _close(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Morphological closing with a disk of `radius` px (padded so objects at the border are not eroded)."""
+    """Morphological closing over `radius` px (diamond; padded so that objects at the border are not eroded)."""
     if radius < 1:
         return mask
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    disk = xx**2 + yy**2 <= radius**2
+    cross = ndimage.generate_binary_structure(2, 1)
     padded = np.pad(mask, radius, mode="edge")
-    return ndimage.binary_closing(padded, structure=disk)[radius:-radius, radius:-radius]
+    closed = ndimage.binary_erosion(ndimage.binary_dilation(padded, cross, radius), cross, radius, border_value=1)
+    return closed[radius:-radius, radius:-radius]
 
 
 def _remove_small(mask: np.ndarray, min_px: float, keep_border: bool = False) -> np.ndarray:

@@ -15,14 +15,15 @@ from cmamil.extract.tissue import TissueConfig
 
 @pytest.fixture(scope="module")
 def blocky(tmp_path_factory):
-    """2048 x 1536 px at 0.5 µm/px. With 64-px tiles a 5x tile is 256 level-0 px (8 x 6 grid), 10x 128, 20x 64.
+    """2100 x 1600 px at 0.5 µm/px. With 64-px tiles a 5x tile is 256 level-0 px, 10x 128, 20x 64: a grid of
+    9 x 7 5x tiles whose last column and row extend past the slide.
 
     Tissue: a block of 3 x 2 whole 5x tiles, and a strip filling the left half (one 10x column) of three 5x tiles
     stacked vertically (64 x 384 µm, above the 20,000 µm² small-object limit).
     """
     regions = (Region(256, 256, 768, 512), Region(1536, 768, 128, 768))
     tissue = SyntheticTissue(regions, mpp=0.5)
-    return write_slide(tmp_path_factory.mktemp("grid") / "blocky.tiff", tissue, size=(2048, 1536), mpp=0.5)
+    return write_slide(tmp_path_factory.mktemp("grid") / "blocky.tiff", tissue, size=(2100, 1600), mpp=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +52,13 @@ def test_counts_match_a_hand_computation(blocky):
 def test_thresholds_per_magnification_and_whole_slide(blocky):
     reader = open_slide(blocky)
     everything = plan_tiles(reader, TilingConfig(tile_px=64, min_tissue=0.0))
-    assert everything.counts == {"5x": 48, "10x": 192, "20x": 768}
-    whole = plan_tiles(reader, TilingConfig(tile_px=64, tissue=TissueConfig(method="none")))
+    # every tile whose top-left lies inside the slide: x < 2100, y < 1600
+    assert everything.counts == {"5x": 9 * 7, "10x": 17 * 13, "20x": 33 * 25}
+    edge = everything["5x"].tissue[everything["5x"].coords[:, 0] == 2048]
+    assert edge.max() == 0.0  # no tissue there, and the part outside the slide is background
+    whole = plan_tiles(reader, TilingConfig(tile_px=64, min_tissue=0.0, tissue=TissueConfig(method="none")))
     assert whole.counts == everything.counts
+    assert whole["5x"].tissue.min() == pytest.approx((2100 - 2048) * (1600 - 1536) / 256**2, abs=0.02)
     strict_coarse = plan_tiles(reader, TilingConfig(tile_px=64, min_tissue=(0.9, 0.5, 0.5)))
     assert strict_coarse.counts == {"5x": 9, "10x": 30, "20x": 120}  # half tiles survive through their children
     assert plan_tiles(reader, TilingConfig(tile_px=64, magnifications="5", min_tissue=0.6)).counts == {"5x": 6}
@@ -75,7 +80,7 @@ def test_nesting_invariants_on_irregular_tissue(irregular):
         size = fine.tile_size_level0
         assert fine.tile_size_level0 * 2 == pytest.approx(coarse.tile_size_level0)
         assert (fine.coords >= 0).all()
-        assert (fine.coords[:, 0] + size <= width).all() and (fine.coords[:, 1] + size <= height).all()
+        assert (fine.coords[:, 0] < width).all() and (fine.coords[:, 1] < height).all()
         assert fine.parent.min() >= 0 and fine.parent.max() < len(coarse)
         assert (np.diff(fine.parent) >= 0).all()  # children of one parent are contiguous
         parent_xy = coarse.coords[fine.parent]
@@ -115,8 +120,12 @@ def test_impossible_plans_are_one_line_errors(blocky, tmp_path):
     reader = open_slide(blocky)
     with pytest.raises(InputError, match=r"40x \(0.25 µm/px\) would need upsampling"):
         plan_tiles(reader, TilingConfig(magnifications="10,20,40"))
-    with pytest.raises(InputError, match="smaller than one 1.25x tile"):
-        plan_tiles(reader, TilingConfig(magnifications="1.25,2.5"))
+    speck = np.full((1000, 1000, 3), 255, np.uint8)
+    speck[100:400, 100:400] = (200, 120, 180)  # 150 µm square: 11 % of one 5x tile
+    small = open_slide(write_slide(tmp_path / "speck.tiff", speck, mpp=0.5))
+    with pytest.raises(InputError, match=r"^no 5x tile of speck.tiff reaches 50% tissue \(tissue covers 9"):
+        plan_tiles(small, TilingConfig(magnifications="5", min_tissue=0.5))
+    assert plan_tiles(small, TilingConfig(magnifications="5", min_tissue=0.1)).counts == {"5x": 1}
     with pytest.raises(InputError, match="one per magnification"):
         TilingConfig(min_tissue=(0.1, 0.2))
     with pytest.raises(InputError, match="tissue method 'otsu' is unknown"):

@@ -128,8 +128,7 @@ def test_real_aperio_slide_at_5_10_20x(tmp_path):
     assert 0.2 < info.attrs["tissue_fraction"] < 0.6
     assert info.counts["5x"] >= 3 and info.counts["20x"] >= 30
     coords = read_coords(out / "CMU-1-Small-Region.h5")
-    assert (coords["20x"][0][:, 0] + 224 * 0.5 / 0.499 <= 2220).all()
-    assert (coords["20x"][0][:, 1] + 224 * 0.5 / 0.499 <= 2967).all()
+    assert (coords["20x"][0] >= 0).all() and (coords["20x"][0] < (2220, 2967)).all()
     assert (out / "qc" / "CMU-1-Small-Region.png").exists()
 
 
