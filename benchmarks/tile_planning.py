@@ -61,8 +61,9 @@ def main() -> None:
         start = time.perf_counter()
         write_slide(slide, tissue, size=(args.width, args.height), mpp=args.mpp)
         seconds = time.perf_counter() - start
+        pixels = args.width * args.height
         print(f"wrote {slide.name}: {slide.stat().st_size / 2**20:.0f} MiB in {seconds:.1f} s "
-              f"({args.width * args.height / seconds / 1e6:.1f} Mpx/s), tissue {tissue.area / (args.width * args.height):.0%}")
+              f"({pixels / seconds / 1e6:.1f} Mpx/s), tissue {tissue.area / pixels:.0%}")
     config = TilingConfig(magnifications=args.magnifications, tile_px=args.tile_px)
     reader = open_slide(slide)
     print(f"slide {args.width}x{args.height} px, levels {reader.level_dimensions}")

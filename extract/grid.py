@@ -55,7 +55,8 @@ class TilingConfig:
             thresholds = thresholds * len(mags)
         if len(thresholds) != len(mags) or not all(0 <= t <= 1 for t in thresholds):
             raise InputError(
-                f"min tissue must be one fraction in [0, 1] or one per magnification ({len(mags)}), got {self.min_tissue}"
+                f"min tissue must be one fraction in [0, 1] or one per magnification ({len(mags)}), "
+                f"got {self.min_tissue}"
             )
         object.__setattr__(self, "min_tissue", tuple(float(t) for t in thresholds))
         if not isinstance(self.tile_px, int) or self.tile_px < 8:

@@ -114,7 +114,8 @@ class SlideReader(ABC):
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(f"cannot read {self.path.name} at {tuple(location)}: {exc}; is the file complete?") from exc
+            where = f"{self.path.name} at {tuple(location)}"
+            raise InputError(f"cannot read {where}: {exc}; is the file complete?") from exc
 
     @property
     def source(self) -> dict[str, Any]:
@@ -283,7 +284,8 @@ def _pillow_resolution(image: Image.Image) -> dict[str, str]:
     dpi = image.info.get("dpi")
     if not dpi:
         return {}
-    return {"tiff.XResolution": str(float(dpi[0])), "tiff.YResolution": str(float(dpi[1])), "tiff.ResolutionUnit": "inch"}
+    x, y = (str(float(v)) for v in dpi[:2])
+    return {"tiff.XResolution": x, "tiff.YResolution": y, "tiff.ResolutionUnit": "inch"}
 
 
 def _to_rgb(pixels: np.ndarray) -> np.ndarray:

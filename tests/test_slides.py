@@ -88,7 +88,8 @@ def test_resolution_source_is_recorded(tmp_path, options, source, mpp, objective
 
 def test_tiff_resolution_tags_of_a_plain_image(tmp_path):
     path = tmp_path / "micro.tif"
-    tifffile.imwrite(path, np.zeros((40, 60, 3), np.uint8), resolution=(1e4 / 0.65, 1e4 / 0.65), resolutionunit="CENTIMETER")
+    per_cm = 1e4 / 0.65
+    tifffile.imwrite(path, np.zeros((40, 60, 3), np.uint8), resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
     reader = open_slide(path)
     assert isinstance(reader, ImageReader)
     resolution = resolve_mpp(reader)
@@ -112,7 +113,8 @@ def test_magnification_parsing():
     assert [m.mpp for m in parse_magnifications("2.0um, 1um,0.5µm/px")] == [2.0, 1.0, 0.5]
     assert Magnification.parse("40x").mpp == pytest.approx(0.25)
     assert [m.name for m in parse_magnifications("5,20")] == ["5x", "20x"]
-    for bad, message in [("10,25", "do not nest"), ("20,20", "do not nest"), ("abc", "neither a power"), ("", "no magnification")]:
+    bad_specs = {"10,25": "do not nest", "20,20": "do not nest", "abc": "neither a power", "": "no magnification"}
+    for bad, message in bad_specs.items():
         with pytest.raises(InputError, match=message):
             parse_magnifications(bad)
 
@@ -121,7 +123,9 @@ def test_magnification_parsing():
 def test_exact_magnification_reads_keep_physical_size(tmp_path, slide_mpp):
     """8 µm stripe pairs are 16 px at 20x whatever the scan resolution: 0.265 µm/px is not treated as 0.25."""
     size = 1600
-    path = write_slide(tmp_path / "stripes.tiff", stripes(slide_mpp), size=(size, size), mpp=slide_mpp, smallest_level=256)
+    path = write_slide(
+        tmp_path / "stripes.tiff", stripes(slide_mpp), size=(size, size), mpp=slide_mpp, smallest_level=256
+    )
     reader = open_slide(path)
     size_level0 = 224 * 0.5 / slide_mpp
     tile = reader.read_scaled((37, 50), size_level0, 224)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cmamil.cli.options import output_options, slides_argument, tiling_options
 from cmamil.errors import InputError
+
+if TYPE_CHECKING:
+    from cmamil.extract.grid import TilingConfig
 
 __all__ = ["tile"]
 
@@ -19,7 +23,15 @@ __all__ = ["tile"]
 @tiling_options
 @click.option("--qc/--no-qc", default=True, show_default=True, help="Write a QC image per slide to <out>/qc/.")
 @click.pass_context
-def tile(ctx: click.Context, slides: tuple[Path, ...], out: Path, storage: str, overwrite: bool, tiling, qc: bool) -> None:
+def tile(
+    ctx: click.Context,
+    slides: tuple[Path, ...],
+    out: Path,
+    storage: str,
+    overwrite: bool,
+    tiling: TilingConfig,
+    qc: bool,
+) -> None:
     """Find tissue and plan nested tiles for SLIDES (files, folders or a CSV with a path column).
 
     Writes <out>/<slide_id>.h5 (coords and parent links per magnification, no features), <out>/qc/<slide_id>.png
