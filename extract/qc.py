@@ -22,7 +22,12 @@ CAPTION_PX = 16
 
 def render_qc(reader: SlideReader, grid: NestedGrid, tissue: TissueMask, max_size: int = 1024) -> Image.Image:
     """The slide thumbnail with the tissue contour (green), coarsest kept tiles (blue) and a caption of counts."""
-    thumbnail = reader.thumbnail(max_size)
+    if max(tissue.thumbnail.shape[:2]) >= max_size:  # the tissue thumbnail is large enough: no second read
+        image = Image.fromarray(tissue.thumbnail)
+        image.thumbnail((max_size, max_size), Image.Resampling.BOX)
+        thumbnail = np.asarray(image)
+    else:
+        thumbnail = reader.thumbnail(max_size)
     height, width = thumbnail.shape[:2]
     mask = np.asarray(Image.fromarray(tissue.mask).resize((width, height), Image.Resampling.NEAREST))
     edge = mask & ~ndimage.binary_erosion(mask, iterations=2, border_value=0)

@@ -9,6 +9,7 @@ answers "what fraction of this level-0 square is tissue?" for every tile through
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
@@ -59,8 +60,7 @@ class TissueMask:
     def fractions(self, x: np.ndarray, y: np.ndarray, size: float) -> np.ndarray:
         """Tissue fraction of each level-0 square [x, x + size) × [y, y + size), as float32 in [0, 1]."""
         height, width = self.mask.shape
-        table = np.zeros((height + 1, width + 1), dtype=np.int64)
-        table[1:, 1:] = self.mask.cumsum(0).cumsum(1)
+        table = self._table
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         x0, y0 = np.rint(x / self.scale[0]).astype(np.int64), np.rint(y / self.scale[1]).astype(np.int64)
         x1 = np.maximum(np.rint((x + size) / self.scale[0]).astype(np.int64), x0 + 1)
@@ -70,6 +70,15 @@ class TissueMask:
         y0, y1 = np.clip(y0, 0, height), np.clip(y1, 0, height)
         inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
         return (inside / area).astype(np.float32)
+
+    @cached_property
+    def _table(self) -> np.ndarray:
+        """Summed-area table of the mask, one row and column of zeros in front."""
+        height, width = self.mask.shape
+        table = np.zeros((height + 1, width + 1), dtype=np.int32 if self.mask.size < 2**31 else np.int64)
+        np.cumsum(self.mask, axis=0, dtype=table.dtype, out=table[1:, 1:])
+        np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
+        return table
 
     @property
     def fraction(self) -> float:
@@ -105,11 +114,12 @@ def _signal(rgb: np.ndarray, method: str, smooth: int) -> np.ndarray:
     Brightfield: HSV saturation (dark pixels, e.g. outside the scan, count as background). Fluorescence: the
     brightest channel on a log scale, so that sparse nuclei on black glass still read as one tissue region.
     """
-    top = rgb.max(axis=2)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    top = np.maximum(np.maximum(red, green), blue)
     if method == "fluorescence":
         signal = top.astype(np.float32)
     else:
-        spread = top.astype(np.float32) - rgb.min(axis=2)
+        spread = top.astype(np.float32) - np.minimum(np.minimum(red, green), blue)
         signal = np.where(top >= 26, spread / np.maximum(top, 1), 0).astype(np.float32) * 255
     if smooth > 1:
         signal = ndimage.uniform_filter(signal, size=smooth)
