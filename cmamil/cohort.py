@@ -1,18 +1,20 @@
-"""A synthetic slide cohort whose label can only be read by combining magnifications.
+"""A synthetic slide cohort whose label is read by relating fine texture to its coarse context.
 
-Every slide is H&E-like tissue (pink stroma, scattered nuclei) holding the same number of *sites*. A site
-is a gland-like **ring** (about 150 µm across, a dark wall: an architectural pattern that needs low
-magnification to be seen whole) next to a disc of **fine texture** (a stipple of 2 µm period: visible at
-20×, averaged away at 5×, and zero-mean so it does not change the colour a coarse tile sees).
+Every slide is H&E-like tissue (pink stroma, scattered nuclei) holding the same number of gland-like
+**rings** (about 150 µm across with a dark wall: an architecture that a 5× tile shows whole and a 20× tile
+shows only as a piece of wall) and the same number of discs of **fine texture** (a stipple of 2 µm period:
+plain at 20×, averaged away at 5×, and zero-mean so it does not change the colour a coarse tile sees).
 
-- In a *negative* slide every texture disc lies just **outside** its ring.
-- In a *positive* slide at least one texture disc fills the **inside** of its ring (the others lie outside).
+- In a *positive* slide at least one texture disc fills the **inside** of a ring, `gap_um` from its wall.
+- In a *negative* slide every texture disc lies **far** from every ring (`separation_um` beyond the wall,
+  more than a 5× tile), so no coarse tile holds both.
 
-So both classes contain rings, texture, and tiles where wall and texture meet; what differs is whether the
-texture is enclosed by the ring, a relation between a 20× tile and its 5×/10× context. A single-
-magnification model sees the same ingredients in both classes; a model relating each fine tile to its
-coarse parent can read the label. `signal` scales the texture contrast (0 removes the signal entirely),
-`prevalence` is the share of positive slides, and each slide has a ground-truth map of its regions.
+Both classes contain the same amount of ring wall and of texture; what differs is whether texture sits
+inside the architecture. A 5× model cannot see the texture; a 20× model sees texture in both classes (it
+can only use the rare 20× tiles where texture and a wall piece meet, across the gap); a model that looks at
+each 20× tile together with its 5×/10× parent sees both at once. `signal` scales the texture contrast (0
+removes the signal), `prevalence` is the share of positive patients, and each slide has a ground-truth map
+of its regions (REGION_CODES).
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ class CohortConfig:
     mpp: float = 0.5
     prevalence: float = 0.5
     signal: float = 1.0
-    sites_per_slide: int = 3
+    sites_per_slide: int = 2
     ring_radius_um: float = 70.0
     wall_um: float = 10.0
     gap_um: float = 12.0
+    separation_um: float = 100.0
     texture_period_um: float = 2.0
     slides_per_patient: int = 2
     seed: int = 0
@@ -81,10 +84,10 @@ class CohortSlide:
 def render_slide(config: CohortConfig, positive: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Render one slide at level 0: (H, W, 3) uint8 RGB and the (H, W) uint8 region map (REGION_CODES)."""
     side = int(round(config.size_um / config.mpp))
-    for attempt in range(5):  # a rare narrow blob cannot hold every site: draw another
+    for attempt in range(5):  # a rare narrow blob cannot hold every ring and disc: draw another
         tissue = _tissue_mask(side, rng)
         try:
-            centres = _place_sites(config, tissue, rng)
+            rings, discs, inside = _layout(config, tissue, positive, rng)
             break
         except ValueError:
             if attempt == 4:
@@ -92,24 +95,16 @@ def render_slide(config: CohortConfig, positive: bool, rng: np.random.Generator)
     mottle = _smooth_field(rng.standard_normal((side // 64 + 2, side // 64 + 2)), side)
     rgb = STROMA.astype(np.float32) + np.float32(6.0) * mottle[..., None]
     regions = np.where(tissue, REGION_CODES["tissue"], REGION_CODES["background"]).astype(np.uint8)
-
-    inside = np.zeros(len(centres), bool)
-    if positive:
-        inside[: max(1, len(centres) // 2)] = True
-        rng.shuffle(inside)
     r, w, rt = config.ring_radius_um, config.wall_um, config.texture_radius_um
-    texture = np.zeros((side, side), bool)
-    for (cy, cx), enclosed in zip(centres, inside):
+    for cy, cx in rings:
         window, dist = _window(side, config.mpp, cy, cx, r + w)
-        wall = (np.abs(dist - r) <= w / 2) & tissue[window]
+        wall = np.abs(dist - r) <= w / 2
         rgb[window][wall] = WALL
         regions[window][wall] = REGION_CODES["wall"]
-        if not enclosed:
-            angle = rng.uniform(0, 2 * np.pi)
-            offset = r + w / 2 + config.gap_um + rt
-            cy, cx = cy + offset * np.sin(angle), cx + offset * np.cos(angle)
+    texture = np.zeros((side, side), bool)
+    for (cy, cx), enclosed in zip(discs, inside):
         window, dist = _window(side, config.mpp, cy, cx, rt)
-        disc = (dist <= rt) & tissue[window]
+        disc = dist <= rt
         texture[window] |= disc
         regions[window][disc] = REGION_CODES["texture_inside" if enclosed else "texture_outside"]
 
@@ -122,6 +117,21 @@ def render_slide(config: CohortConfig, positive: bool, rng: np.random.Generator)
     rgb[~tissue] = BACKGROUND
     rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(2.0)
     return np.clip(rgb, 0, 255).astype(np.uint8), regions
+
+
+def _layout(
+    config: CohortConfig, tissue: np.ndarray, positive: bool, rng: np.random.Generator
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]], list[bool]]:
+    """Ring centres, disc centres (µm) and which discs sit inside a ring; raises ValueError when they don't fit."""
+    n = config.sites_per_slide
+    r, w, rt = config.ring_radius_um, config.wall_um, config.texture_radius_um
+    rings = _place(config, tissue, rng, n, r + w, [])
+    n_inside = max(1, n // 2) if positive else 0
+    discs = [rings[k] for k in rng.choice(n, size=n_inside, replace=False)]
+    far = r + w / 2 + config.separation_um + rt
+    avoid = [(c, far) for c in rings]
+    discs += _place(config, tissue, rng, n - n_inside, rt, avoid, spacing=2 * rt + config.gap_um)
+    return rings, discs, [True] * n_inside + [False] * (n - n_inside)
 
 
 def _window(side: int, mpp: float, cy: float, cx: float, radius: float) -> tuple[tuple[slice, slice], np.ndarray]:
@@ -147,28 +157,36 @@ def _tissue_mask(side: int, rng: np.random.Generator) -> np.ndarray:
     return np.hypot(y / 0.46, x / 0.44) + 0.12 * noise < 1.0
 
 
-def _place_sites(config: CohortConfig, tissue: np.ndarray, rng: np.random.Generator) -> list[tuple[float, float]]:
-    """Ring centres (µm) whose reach (ring and any disc placement) lies in the smooth tissue blob, apart."""
-    reach = config.ring_radius_um + config.wall_um + config.gap_um + 2 * config.texture_radius_um
+def _place(
+    config: CohortConfig,
+    tissue: np.ndarray,
+    rng: np.random.Generator,
+    count: int,
+    radius: float,
+    avoid: list[tuple[tuple[float, float], float]],
+    spacing: float | None = None,
+) -> list[tuple[float, float]]:
+    """`count` centres (µm) of circles of `radius` lying in tissue, `spacing` apart (default 2·radius +
+    separation) and at least the given distance from each (centre, distance) in `avoid`."""
+    spacing = spacing if spacing is not None else 2 * radius + config.separation_um
+    border = np.linspace(0, 2 * np.pi, 48, endpoint=False)
     centres: list[tuple[float, float]] = []
     for _ in range(5000):
-        if len(centres) == config.sites_per_slide:
-            break
-        cy, cx = rng.uniform(reach, config.size_um - reach, size=2)
-        if any(np.hypot(cy - y, cx - x) < 2 * reach for y, x in centres):
+        if len(centres) == count:
+            return centres
+        cy, cx = rng.uniform(radius, config.size_um - radius, size=2)
+        if any(np.hypot(cy - y, cx - x) < d for (y, x), d in avoid):
             continue
-        ring = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-        ys = ((cy + reach * np.sin(ring)) / config.mpp).astype(int)
-        xs = ((cx + reach * np.cos(ring)) / config.mpp).astype(int)
-        if not tissue[ys, xs].all():
+        if any(np.hypot(cy - y, cx - x) < spacing for y, x in centres):
             continue
-        centres.append((cy, cx))
-    if len(centres) < config.sites_per_slide:
-        raise ValueError(
-            f"could place only {len(centres)} of {config.sites_per_slide} sites on a {config.size_um:g} µm slide; "
-            "raise size_um or lower sites_per_slide"
-        )
-    return centres
+        ys = np.clip((cy + radius * np.sin(border)) / config.mpp, 0, tissue.shape[0] - 1).astype(int)
+        xs = np.clip((cx + radius * np.cos(border)) / config.mpp, 0, tissue.shape[1] - 1).astype(int)
+        if tissue[ys, xs].all() and tissue[int(cy / config.mpp), int(cx / config.mpp)]:
+            centres.append((cy, cx))
+    raise ValueError(
+        f"could not place {count} circles of {radius:g} µm on a {config.size_um:g} µm slide; "
+        "raise size_um or lower sites_per_slide"
+    )
 
 
 def _draw_nuclei(rgb: np.ndarray, tissue: np.ndarray, config: CohortConfig, rng: np.random.Generator) -> None:

@@ -49,6 +49,7 @@ __all__ = [
     "is_complete",
     "list_bags",
     "read_bag",
+    "read_coords",
     "storage_format",
 ]
 
@@ -538,6 +539,23 @@ def bag_info(path: str | Path, *, foreign_magnification: str | None = None) -> B
     path = Path(path)
     with _open(path) as root:
         return _layout(root, path, None, foreign_magnification)[0]
+
+
+def read_coords(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(coords (N, 2) int64, parent (N,) int64) per magnification, coarse to fine, with or without features.
+
+    This is how extraction reuses the coordinate files of `cmamil tile`; the attributes are in `bag_info`.
+    """
+    path = Path(path)
+    with _open(path) as root:
+        info, keys = _layout(root, path, None, None)
+        out = {}
+        for mag, k in keys.items():
+            if k["coords"] is None:
+                raise InputError(f"{path} has no coords for {mag}; it cannot be re-tiled or re-read")
+            parent = _read(root, k["parent"]) if k["parent"] else np.full(info.counts[mag], -1, np.int64)
+            out[mag] = (_read(root, k["coords"]).astype(np.int64, copy=False), parent.astype(np.int64, copy=False))
+    return out
 
 
 def read_bag(
