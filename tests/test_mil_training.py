@@ -25,6 +25,7 @@ from cmamil.synthetic_bags import PlantedSignal, planted_cohort, write_planted_c
 MAGS = ("5x", "10x", "20x")
 
 
+@pytest.mark.slow
 def test_attention_models_learn_a_sparse_signal_that_mean_pooling_misses():
     # 3 of 64 tiles at 20x shifted in positive bags; 4 coarse tiles per bag
     bags, labels = planted_cohort(64, dim=8, n_coarse=4, signal=PlantedSignal("20x", tiles=3, shift=5.0), seed=1)
@@ -61,6 +62,7 @@ def _config(folder, labels, out, **changes) -> MILTrainConfig:
     return MILTrainConfig(**{**options, **changes})
 
 
+@pytest.mark.slow
 def test_kfold_run_writes_the_run_folder_tensorboard_and_loadable_checkpoints(planted_files, tmp_path):
     folder, labels = planted_files
     run = tmp_path / "runs" / "abmil"
@@ -106,6 +108,7 @@ def test_kfold_run_writes_the_run_folder_tensorboard_and_loadable_checkpoints(pl
     assert sorted(tested) == sorted(f"bag_{i:03d}" for i in range(12))
 
 
+@pytest.mark.slow
 def test_finished_folds_are_skipped_on_rerun_and_changed_options_refused(planted_files, tmp_path):
     folder, labels = planted_files
     run = tmp_path / "run"
@@ -132,6 +135,7 @@ def test_finished_folds_are_skipped_on_rerun_and_changed_options_refused(planted
         != load_splits(run / "splits")
 
 
+@pytest.mark.slow
 def test_cli_trains_cma_mil_end_to_end_and_reports(planted_files, tmp_path):
     folder, labels = planted_files
     run = tmp_path / "runs" / "cma"
