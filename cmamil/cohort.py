@@ -38,15 +38,15 @@ BACKGROUND = np.array([243.0, 242.0, 240.0])
 class CohortConfig:
     """Size and difficulty of a synthetic cohort; lengths in µm at level 0 resolution `mpp`."""
 
-    n_slides: int = 40
-    size_um: float = 1200.0
+    n_slides: int = 24
+    size_um: float = 1100.0
     mpp: float = 0.5
     prevalence: float = 0.5
     signal: float = 1.0
     sites_per_slide: int = 2
-    ring_radius_um: float = 70.0
-    wall_um: float = 10.0
-    gap_um: float = 12.0
+    ring_radius_um: float = 90.0
+    wall_um: float = 14.0
+    gap_um: float = 8.0
     separation_um: float = 100.0
     texture_period_um: float = 2.0
     slides_per_patient: int = 2
