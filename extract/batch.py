@@ -1,4 +1,5 @@
-"""Batches of slides: gather them from files, folders and CSV tables; record each slide's outcome in a manifest.
+"""Batches of slides: gather them from files, folders and CSV tables; shard them across processes; record each
+slide's outcome in a manifest.
 
 A slide that fails (missing, corrupt, no resolution, no tissue) becomes one failed row with a one-line reason;
 the batch goes on. The manifest is a CSV written atomically at the end of every run.
@@ -8,15 +9,26 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, TypeVar
 
 from cmamil.atomic import write_text
 from cmamil.errors import InputError
 from cmamil.extract.reader import SLIDE_SUFFIXES
 
-__all__ = ["SlideResult", "SlideSource", "collect_slides", "write_manifest"]
+__all__ = [
+    "SlideResult",
+    "SlideSource",
+    "collect_slides",
+    "parse_shard",
+    "resolve_shard",
+    "shard_items",
+    "write_manifest",
+]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,3 +95,29 @@ def write_manifest(path: str | Path, results: Sequence[SlideResult], magnificati
         writer.writerow([r.slide_id, str(r.path), r.status, *counts, f"{r.seconds:.2f}", r.error])
     write_text(path, buffer.getvalue())
     return Path(path)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' (0-based shard I of N) as (I, N)."""
+    index, sep, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        shard = (-1, 0)
+    if not sep or not 0 <= shard[0] < shard[1]:
+        raise InputError(f"shard '{text}' is not I/N with 0 <= I < N (e.g. 0/4 … 3/4)")
+    return shard
+
+
+def resolve_shard(shard: tuple[int, int] | None = None) -> tuple[int, int]:
+    """`shard` when given, else this process's rank under torchrun (RANK, WORLD_SIZE), else (0, 1): everything."""
+    if shard is None:
+        shard = (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+    if not 0 <= shard[0] < shard[1]:
+        raise InputError(f"shard {shard[0]}/{shard[1]} is not I/N with 0 <= I < N")
+    return shard
+
+
+def shard_items(items: Sequence[T], shard: tuple[int, int]) -> list[T]:
+    """Every N-th item starting at I: shards 0/N … N-1/N together take each item exactly once."""
+    return list(items[shard[0] :: shard[1]])

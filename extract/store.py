@@ -591,7 +591,7 @@ def read_bag(
         links = {m: _read(root, keys[m]["parent"]) for m in info.magnifications}
         previous: str | None = None
         for mag in magnification_order(wanted):
-            block = torch.from_numpy(_read(root, keys[mag]["features"]).reshape(info.counts[mag], -1))
+            block = torch.from_numpy(_read(root, keys[mag]["features"]).reshape(info.counts[mag], info.feature_dim))
             features[mag] = block if torch_dtype is None else block.to(torch_dtype)
             if keys[mag]["coords"] is not None:
                 coords[mag] = torch.from_numpy(_read(root, keys[mag]["coords"]).astype(np.int64, copy=False))

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import click
 
-__all__ = ["output_options", "slides_argument", "tiling_options"]
+__all__ = ["key_values", "output_options", "slides_argument", "tiling_options"]
 
 TISSUE_CHOICES = ("saturation", "fluorescence", "none")
 
@@ -36,9 +36,26 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
         raise click.BadParameter(f"'{value}' is not a fraction or a comma-separated list of fractions") from None
 
 
-def slides_argument(func: Callable) -> Callable:
-    """SLIDES...: slide files, folders (searched recursively) or CSV tables with a `path` column."""
-    return click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))(func)
+def slides_argument(func: Callable | None = None, *, required: bool = True) -> Callable:
+    """SLIDES...: slide files, folders (searched recursively) or CSV tables with a `path` column.
+
+    Use as `@slides_argument`, or `@slides_argument(required=False)` where other inputs may replace slides.
+    """
+    argument = click.argument("slides", nargs=-1, required=required, type=click.Path(path_type=Path))
+    return argument(func) if func is not None else argument
+
+
+def key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    """Parse repeated KEY=VALUE options; values are read as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    options = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"'{item}' is not KEY=VALUE", ctx=ctx, param=param)
+        options[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return options
 
 
 def output_options(func: Callable) -> Callable:

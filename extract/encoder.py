@@ -1,0 +1,149 @@
+"""A patch model ready to embed tiles: built once, on its device, with its preprocessing and provenance.
+
+Tiles arrive as uint8 `(B, H, W, 3)` batches (what the DataLoader workers produce; 4× less to move than
+float32); normalisation runs on the device, and the `(B, 3, H, W)` view of an HWC batch is already channels-last,
+the layout convolutional encoders run fastest in. Reduced precision (fp16, bf16) is autocast on CUDA only: on
+CPUs without native bf16 it is many times slower than fp32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from cmamil.errors import InputError, PluginError
+
+__all__ = ["PRECISIONS", "Encoder", "weights_digest"]
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def weights_digest(weights: str | Path | None) -> str:
+    """Provenance of encoder weights: 'random', 'hub', or the sha256 of a local weights file."""
+    if weights is None:
+        return "random"
+    if str(weights) == "hub":
+        return "hub"
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _device(name: str) -> torch.device:
+    """'auto' → CUDA when present, else CPU; a bare 'cuda' under torchrun means this rank's GPU (LOCAL_RANK)."""
+    from cmamil.environment import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def _is_convolutional(model: nn.Module) -> bool:
+    """More than one 2-d convolution (a ViT has just its patch embedding): channels-last pays off."""
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
+
+
+class Encoder:
+    """Embed uint8 tile batches with a registered patch model (`deit_small`, `timm:resnet18` …).
+
+    `input_px` overrides the model's `data_config` input size (tiles are resized to it); `options` go to the
+    model factory (e.g. `img_size=64` for a ViT fed 64-px tiles).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        weights: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+        input_px: int | None = None,
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> None:
+        from cmamil.models import create_model
+
+        if precision not in PRECISIONS:
+            raise InputError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+        self.device = _device(device)
+        if precision != "fp32" and self.device.type != "cuda":
+            raise InputError(f"--precision {precision} runs on CUDA only (on CPU it is slower than fp32); use fp32")
+        self.name = name
+        self.options = dict(options or {})
+        self.precision = precision
+        self.weights = "random" if weights is None else str(weights)
+        model = create_model(name, num_classes=0, weights=None if weights is None else str(weights), **self.options)
+        self.weights_sha256 = weights_digest(weights)
+        self.data_config = model.data_config
+        self.input_px = int(input_px or self.data_config.input_size[-1])
+        self.num_features = int(model.num_features)
+        self.channels_last = _is_convolutional(model)
+        model = model.eval().to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.model = model
+        mean = torch.tensor(self.data_config.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.data_config.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._scale = 1.0 / (255.0 * std)
+        self._shift = mean / std
+        self._check_input()
+
+    def _check_input(self) -> None:
+        """Embed one blank tile, so a model that cannot take `input_px` fails here with one line."""
+        try:
+            features = self(torch.zeros(1, self.input_px, self.input_px, 3, dtype=torch.uint8))
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise PluginError(
+                f"encoder {self.name} cannot embed {self.input_px}-px tiles ({reason}); pass --input-px with the "
+                f"model's size {self.data_config.input_size[-1]}, or a model option such as img_size"
+            ) from exc
+        if features.shape != (1, self.num_features):
+            raise PluginError(
+                f"encoder {self.name} returned features of shape {tuple(features.shape)} for one tile, "
+                f"expected (1, {self.num_features}) (num_features)"
+            )
+
+    def prepare(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) → normalised float32 (B, 3, H, W) on the device (channels-last memory)."""
+        x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return x.mul_(self._scale).sub_(self._shift)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled (B, D) features of a prepared batch, on the device (autocast in fp16/bf16 on CUDA)."""
+        dtype = PRECISIONS[self.precision]
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            return self.model.forward_features(x)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Features (B, D) float32 on the CPU of a uint8 (B, H, W, 3) tile batch."""
+        with torch.inference_mode():
+            return self.embed(self.prepare(pixels)).float().cpu()
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Provenance stored in every feature file: model, weights and their hash, preprocessing, precision."""
+        import timm
+
+        return {
+            "encoder": self.name,
+            "encoder_weights": self.weights_sha256,
+            "encoder_weights_file": "" if self.weights in ("random", "hub") else str(Path(self.weights).resolve()),
+            "encoder_options": self.options,
+            "input_px": self.input_px,
+            "mean": list(self.data_config.mean),
+            "std": list(self.data_config.std),
+            "interpolation": self.data_config.interpolation,
+            "precision": self.precision,
+            "feature_dim": self.num_features,
+            "versions": {"torch": torch.__version__, "timm": timm.__version__},
+        }
