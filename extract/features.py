@@ -89,7 +89,7 @@ class ExtractConfig:
         if self.coords is not None:
             object.__setattr__(self, "coords", Path(self.coords))
 
-    def encoder_from_config(self) -> Encoder:
+    def build_encoder(self) -> Encoder:
         """Build the encoder this configuration names, on its device and precision."""
         return Encoder(
             self.encoder, weights=self.weights, options=self.model_options, input_px=self.input_px,
@@ -138,7 +138,7 @@ def extract_slides(
     Returns one SlideResult per slide of this shard ('done', 'skipped' or 'failed' with its reason) and writes
     them to the manifest in `out`. With `debug`, an unexpected error (a bug, not bad input) is raised.
     """
-    out = Path(out)
+    out, inputs = Path(out), list(inputs)
     given = [s for s in inputs if isinstance(s, SlideSource)]
     sources = given + collect_slides([s for s in inputs if not isinstance(s, SlideSource)], exclude=out)
     if not sources:
@@ -164,20 +164,20 @@ def extract_bags(
 
     keep_freed_memory()
     shard = resolve_shard(config.shard)
-    jobs = shard_items(jobs, shard)
     duplicates = _duplicates(jobs)
+    jobs = shard_items(jobs, shard)
     encoder: Encoder | None = None
     results: list[SlideResult] = shard_items(failed, shard)
     try:
         for job in tqdm(jobs, desc="extract", unit="bag", disable=None):
             start = time.perf_counter()
-            out_file = bag_path(out, job.bag_id, config.storage)  # type: ignore[arg-type]
             try:
+                out_file = bag_path(out, job.bag_id, config.storage)  # type: ignore[arg-type]
                 finished = _finished(job, out_file, config, duplicates)
             except CmamilError as exc:
                 finished = _failed(job, exc, 0.0)
             if finished is None:
-                encoder = encoder or config.encoder_from_config()  # a bad encoder stops the run, not one bag
+                encoder = encoder or config.build_encoder()  # a bad encoder stops the run, not one bag
                 try:
                     counts = _write_bag(out_file, job.plan(encoder), encoder, config)
                     finished = SlideResult(job.bag_id, job.path, "done", counts, time.perf_counter() - start)

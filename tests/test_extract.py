@@ -24,7 +24,7 @@ from cmamil.errors import InputError, PluginError
 from cmamil.extract.encoder import Encoder
 from cmamil.extract.features import ExtractConfig, extract_slides
 from cmamil.extract.grid import TilingConfig, plan_tiles
-from cmamil.extract.reader import open_slide
+from cmamil.extract.reader import OpenSlideReader, open_slide
 from cmamil.extract.store import BagWriter, bag_info, read_bag, read_coords
 from cmamil.extract.synthetic import Region, SyntheticTissue, write_slide
 from cmamil.models import create_model
@@ -116,6 +116,17 @@ def test_features_equal_the_encoder_on_direct_openslide_reads(pyramid, weights, 
         assert handle["features"].shape == (grid.counts["20x"], 64)
         assert np.array_equal(handle["coords"][:], grid["20x"].coords)
     assert manifest(tmp_path / "extract_manifest.csv")["pyr"]["tiles_20x"] == str(grid.counts["20x"])
+
+
+def test_one_read_per_coarsest_tile_serves_every_magnification(cohort, monkeypatch, tmp_path):
+    reads = []
+    read = OpenSlideReader._read
+    monkeypatch.setattr(OpenSlideReader, "_read", lambda self, *args: reads.append(args) or read(self, *args))
+    config = ExtractConfig(encoder="example_cnn", tiling=TILING, num_workers=0)
+    [result] = extract_slides([cohort / "s2.tiff"], tmp_path, config)
+    tile_reads = [args for args in reads if args[2] == (128, 128)]  # 5x tiles at 20x resolution; + one thumbnail
+    assert result.status == "done" and len(tile_reads) == result.counts["5x"] == len(reads) - 1
+    assert sum(result.counts.values()) > 3 * result.counts["5x"]
 
 
 def test_tile_then_extract_reuses_coordinates_and_h5_equals_zarr(cohort, weights, tmp_path):
