@@ -1,4 +1,4 @@
-"""Feature extraction: slides (or image bags) → tiles → encoder → one feature file per bag, streamed batch by batch.
+"""Feature extraction: slides (or image bags) → tiles → encoder → one feature file per bag, streamed by batch.
 
     config = ExtractConfig(encoder="deit_small", tiling=TilingConfig("5,10,20", tile_px=224))
     results = extract_slides(["slides/"], Path("features/"), config)     # one SlideResult per slide

@@ -162,7 +162,8 @@ def extract_image_sets(
     out = Path(out)
     bags, unmatched = collect_image_bags(sets)
     if not bags and not unmatched:
-        raise InputError(f"no images ({' '.join(IMAGE_SUFFIXES)}) found in {', '.join(str(f) for _, f in sets.folders)}")
+        folders = ", ".join(str(folder) for _, folder in sets.folders)
+        raise InputError(f"no images ({' '.join(IMAGE_SUFFIXES)}) found in {folders}")
     jobs = [BagJob(bag.bag_id, bag.folder, _image_planner(bag, sets, config)) for bag in bags]
     return extract_bags(jobs, out, config, sets.names, debug=debug, failed=unmatched)
 

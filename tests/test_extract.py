@@ -70,7 +70,7 @@ def cohort(tmp_path_factory) -> Path:
     return folder
 
 
-def reference(model, path: Path, coords: np.ndarray, size: int, level: int, tile_px: int, input_px: int) -> torch.Tensor:
+def reference(model, path: Path, coords: np.ndarray, size: int, level: int, tile_px: int, input_px: int):
     """Features of tiles read one by one with OpenSlide at `level`, box-averaged to tile_px, resized, normalised."""
     slide = openslide.OpenSlide(str(path))
     scale = round(slide.level_downsamples[level])
@@ -244,7 +244,8 @@ def test_image_sets_make_one_file_per_patient_with_both_magnifications(weights, 
     files = breakhis_tree(tmp_path / "breakhis")
     out = tmp_path / "out"
     regex = r"SOB_\w_\w+-(?P<patient>\d+-\w+)-"
-    common = ["--images", f"100x={tmp_path / 'breakhis' / '100X'}", "--images", f"400X={tmp_path / 'breakhis' / '400X'}",
+    root = tmp_path / "breakhis"
+    common = ["--images", f"100x={root / '100X'}", "--images", f"400X={root / '400X'}",
               "--encoder", "example_cnn", "--weights", str(weights), "--num-workers", "0"]
     result = CliRunner().invoke(main, ["extract", *common, "--out", str(out), "--bag-by", regex])
     assert result.exit_code == 0, result.output
