@@ -10,9 +10,10 @@ pixels as reading its own square from the region's read level and averaging it d
 `ImageTiles` serves image sets (BreakHis-style folders): each instance is a box of one image (the whole image,
 or a tile of it) resized to the encoder's input size.
 
-Items are dicts: `pixels` uint8 (n, P, P, 3) at the encoder input size P, `mag` (n,) index into the bag's
-magnifications, `row` (n,) row within that magnification, in an order where each magnification's rows ascend,
-so features can be appended to the feature file as they come. A bad read becomes `{"error": message}`.
+Items are dicts: `pixels` uint8 (n, P, P, 3) at the encoder input size P and `mag` (n,) index into the bag's
+magnifications. Within each magnification, tiles come in row order across items (regions and images are served
+in order, and the rows inside one region are contiguous), so features are appended to the feature file as they
+come. A bad read becomes `{"error": message}`.
 """
 
 from __future__ import annotations
@@ -130,19 +131,18 @@ class SlideTiles(_Tiles):
         count = sum(int(b[stop] - b[start]) for b in self.bounds)
         pixels = np.empty((count, self.input_px, self.input_px, 3), dtype=np.uint8)
         mags = np.empty(count, dtype=np.int64)
-        rows = np.empty(count, dtype=np.int64)
         n = 0
         try:
             for region_index in range(start, stop):
-                n = self._cut_region(region_index, pixels, mags, rows, n)
+                n = self._cut_region(region_index, pixels, mags, n)
         except CmamilError as exc:
             return _error(exc)
-        return {"pixels": torch.from_numpy(pixels), "mag": torch.from_numpy(mags), "row": torch.from_numpy(rows)}
+        return {"pixels": torch.from_numpy(pixels), "mag": torch.from_numpy(mags)}
 
     def close(self) -> None:
         self.reader.close()
 
-    def _cut_region(self, index: int, pixels: np.ndarray, mags: np.ndarray, rows: np.ndarray, n: int) -> int:
+    def _cut_region(self, index: int, pixels: np.ndarray, mags: np.ndarray, n: int) -> int:
         """Read coarsest tile `index` once and write the tiles of every magnification inside it from slot n."""
         x, y = (int(v) for v in self.origins[index])
         region = self.reader.read_scaled((x, y), self.region_size, self.region_px, self.read_level)
@@ -158,7 +158,7 @@ class SlideTiles(_Tiles):
                 tile = view[cy * size : (cy + 1) * size, cx * size : (cx + 1) * size]
                 if self.input_px != size:
                     tile = np.asarray(Image.fromarray(tile).resize((self.input_px, self.input_px), self.filter))
-                pixels[n], mags[n], rows[n] = tile, mag, row
+                pixels[n], mags[n] = tile, mag
                 n += 1
         return n
 
@@ -185,7 +185,8 @@ class ImageTiles(_Tiles):
         self.input_px = input_px
         self.filter = resample_filter(interpolation)
         self.units = [(mag, image) for mag, s in enumerate(self.sets) for image in range(len(s.images))]
-        sizes = np.array([int(np.diff(self.sets[m].image_rows[i : i + 2])[0]) for m, i in self.units], dtype=np.int64)
+        rows = [self.sets[m].image_rows for m, _ in self.units]
+        sizes = np.array([r[i + 1] - r[i] for r, (_, i) in zip(rows, self.units)], dtype=np.int64)
         self.chunks = _chunks(sizes, max_tiles)
 
     def __len__(self) -> int:
@@ -197,7 +198,6 @@ class ImageTiles(_Tiles):
         count = int(sum(b - a for _, _, a, b in spans))
         pixels = np.empty((count, self.input_px, self.input_px, 3), dtype=np.uint8)
         mags = np.empty(count, dtype=np.int64)
-        rows = np.empty(count, dtype=np.int64)
         n = 0
         try:
             for mag, image, first, last in spans:
@@ -207,8 +207,8 @@ class ImageTiles(_Tiles):
                         box = reader.read_region((x, y), 0, (w, h))
                         if (w, h) != (self.input_px, self.input_px):
                             box = Image.fromarray(box).resize((self.input_px, self.input_px), self.filter)
-                        pixels[n], mags[n], rows[n] = np.asarray(box), mag, row
+                        pixels[n], mags[n] = np.asarray(box), mag
                         n += 1
         except CmamilError as exc:
             return _error(exc)
-        return {"pixels": torch.from_numpy(pixels), "mag": torch.from_numpy(mags), "row": torch.from_numpy(rows)}
+        return {"pixels": torch.from_numpy(pixels), "mag": torch.from_numpy(mags)}
