@@ -60,10 +60,11 @@ class ImageSet:
         return len(self.paths)
 
     def subset(self, mask: np.ndarray | Sequence[int]) -> ImageSet:
-        """The items selected by a boolean mask or an index list (skipped files are not carried)."""
+        """The items selected by a boolean mask or an index list (the record of skipped files is kept)."""
         index = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, dtype=int)
         return ImageSet(
-            tuple(self.paths[i] for i in index), tuple(self.labels[i] for i in index), self.class_names
+            tuple(self.paths[i] for i in index), tuple(self.labels[i] for i in index), self.class_names,
+            self.skipped,
         )
 
     def counts(self) -> dict[str, int]:

@@ -186,7 +186,7 @@ def train_patches(
         "options": config.to_dict(),
         "classes": class_names,
         "images": {u.name: {s: getattr(u, s).counts() for s in ("train", "val", "test")} for u in units},
-        "skipped_images": [list(item) for u in units for s in (u.train, u.val, u.test) for item in s.skipped],
+        "skipped_images": sorted({item for u in units for s in (u.train, u.val, u.test) for item in s.skipped}),
         "environment": environment_info(),
     })
     _write_splits(config.out / "splits", units)

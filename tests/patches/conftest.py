@@ -62,3 +62,30 @@ def stripes_100x(tmp_path_factory) -> Path:
 def stripes_400x(tmp_path_factory) -> Path:
     """A 400× set: the same textures shown larger (period 14 px)."""
     return make_patch_set(tmp_path_factory.mktemp("stripes") / "400x", magnification=400, period=14.0, seed=2)
+
+
+# fast settings for every training in these tests: the example plugin's CNN at 32 px on CPU
+FAST_TRAIN = [
+    "--model", "example_cnn", "--model-option", "img_size=32", "--lr", "3e-3", "--warmup-epochs", "1",
+    "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--min-epochs", "0",
+]
+
+
+def invoke(args: list[str]):
+    """Run the cmamil CLI in process and fail with its output when it exits non-zero."""
+    from click.testing import CliRunner
+
+    from cmamil.cli import main
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="session")
+def trained_run(stripes_100x, tmp_path_factory) -> Path:
+    """A run folder of example_cnn trained 5 epochs on the 100× set (with overlays and embeddings)."""
+    out = tmp_path_factory.mktemp("runs") / "cnn_100x"
+    invoke(["train", "--images", str(stripes_100x), "--out", str(out), "--epochs", "5", "--explain", "4",
+            "--embeddings", "20", *FAST_TRAIN])
+    return out
