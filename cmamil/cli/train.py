@@ -10,6 +10,7 @@ setup and are shown as "bags / images".
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import click
@@ -101,7 +102,8 @@ def _key_value(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
 @click.option("--input-px", type=click.IntRange(min=8), default=None,
               help="[--images] Resize images to this square size instead of the model's input size.")
 @click.option("--explain", type=click.IntRange(min=0), default=8,
-              help="[--images] Grad-CAM / attention-rollout overlays per group (TP, FP, FN) of the test set; 0: none.")
+              help="[--images] Grad-CAM / attention-rollout overlays per group (TP, FP, FN) of the test set "
+                   "(0: none).")
 @click.option("--embeddings", type=click.IntRange(min=0), default=500,
               help="[--images] Test images whose embeddings go to TensorBoard's projector; 0: none.")
 def train(features: Path | None, images: Path | None, **options: object) -> None:
@@ -135,13 +137,17 @@ def train(features: Path | None, images: Path | None, **options: object) -> None
 
 
 def train_options(*names: str):
-    """Decorator giving another command these options of `cmamil train`, so each is defined once."""
+    """Decorator giving a patch-image command these options of `cmamil train`, so each is defined once.
+
+    The copies' help drops the "[--images]" mark and keeps the image side of "bags / images" defaults.
+    """
 
     def attach(command: click.Command) -> click.Command:
         for param in train.params:
             if param.name in names:
                 shared = copy.copy(param)
-                shared.help = (param.help or "").removeprefix("[--images] ")
+                text = (param.help or "").removeprefix("[--images] ")
+                shared.help = re.sub(r"\[default: [^/\]]+ / ([^\]]+)\]", r"[default: \1]", text)
                 command.params.append(shared)
         return command
 

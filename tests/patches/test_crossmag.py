@@ -8,17 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import FAST_TRAIN, invoke
 
 from cmamil.cli import main
 from cmamil.crossmag import matrix_summary
 
 
-def test_crossmag_trains_each_set_and_the_union_and_tests_every_set(stripes_100x, stripes_400x, tmp_path):
+def test_crossmag_trains_each_set_and_the_union_and_tests_every_set(
+    stripes_100x, stripes_400x, tmp_path, invoke, fast_train
+):
     out = tmp_path / "study"
     args = ["crossmag", "--set", f"100x={stripes_100x}", "--set", f"400x={stripes_400x}", "--mixed",
             "--out", str(out), "--epochs", "4", "--explain", "0", "--embeddings", "0",
-            *FAST_TRAIN]
+            *fast_train]
     result = invoke(args)
     assert "| trained on \\ tested on | 100x | 400x |" in result.output
     matrix = pd.read_csv(out / "matrix_f1_macro.csv", index_col=0)

@@ -10,17 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import CLASSES, FAST_TRAIN, invoke, texture_image
 from PIL import Image
 from sklearn import metrics as skm
 
 from cmamil.cli import main
+from cmamil.synthetic_patches import CLASSES, texture_image
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 NCT_CLASSES = ("ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM")
 
 
-def test_evaluate_on_another_magnification(trained_run, stripes_400x, tmp_path):
+def test_evaluate_on_another_magnification(trained_run, stripes_400x, tmp_path, invoke):
     out = tmp_path / "eval"
     result = invoke(["evaluate", str(trained_run), "--images", str(stripes_400x), "--out", str(out),
                      "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--explain", "3",
@@ -88,7 +88,7 @@ def _copy_into_class_folders(source: Path, target: Path, label_column: str, rena
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "breakhis_samples").is_dir(), reason="shared BreakHis samples absent")
-def test_real_breakhis_pngs_go_through_evaluate(trained_run, tmp_path):
+def test_real_breakhis_pngs_go_through_evaluate(trained_run, tmp_path, invoke):
     root = _copy_into_class_folders(SHARED_DATA / "breakhis_samples", tmp_path / "breakhis", "benign_malignant")
     out = tmp_path / "eval"
     invoke(["evaluate", str(trained_run), "--images", str(root), "--out", str(out), "--num-workers", "0",
@@ -103,7 +103,7 @@ def test_real_breakhis_pngs_go_through_evaluate(trained_run, tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "nct_crc_he_100k_samples").is_dir(), reason="shared NCT-CRC-HE samples absent")
-def test_real_nct_crc_tiffs_go_through_evaluate(tmp_path):
+def test_real_nct_crc_tiffs_go_through_evaluate(tmp_path, invoke, fast_train):
     rng = np.random.default_rng(0)
     synthetic = tmp_path / "synthetic"
     for split, count in (("training", 2), ("validation", 1), ("testing", 1)):
@@ -114,7 +114,7 @@ def test_real_nct_crc_tiffs_go_through_evaluate(tmp_path):
                 Image.fromarray(image).save(synthetic / split / name / f"{name}-{i}.tif")
     run = tmp_path / "run"
     invoke(["train", "--images", str(synthetic), "--out", str(run), "--epochs", "1", "--explain", "0",
-            "--embeddings", "0", *FAST_TRAIN])
+            "--embeddings", "0", *fast_train])
     root = _copy_into_class_folders(SHARED_DATA / "nct_crc_he_100k_samples", tmp_path / "nct", "label")
     out = tmp_path / "eval"
     invoke(["evaluate", str(run), "--images", str(root), "--split", "test", "--out", str(out), "--num-workers", "0",

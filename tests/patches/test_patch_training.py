@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import CLASSES, FAST_TRAIN, PATIENT_PATTERN, invoke, make_patch_set
 from sklearn import metrics as skm
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cmamil.cli import main
 from cmamil.errors import InputError
 from cmamil.patch_training import PatchTrainConfig, train_patches
+from cmamil.synthetic_patches import CLASSES, PATIENT_PATTERN, write_patch_set
 
 FAST = dict(model="example_cnn", model_options={"img_size": 32}, lr=3e-3, warmup_epochs=1, batch_size=8,
             num_workers=0, device="cpu", min_epochs=0, explain=0, embeddings=0)
@@ -103,12 +103,14 @@ def test_interrupted_training_resumes_to_the_same_result(stripes_100x, tmp_path)
     assert not (parts.out / "last.pt").exists()
 
 
-def test_rerun_skips_finished_work_and_refuses_changed_options(trained_run, stripes_100x):
+def test_rerun_skips_finished_work_and_refuses_changed_options(
+    trained_run, stripes_100x, invoke, fast_train
+):
     stamp = (trained_run / "best.pt").stat().st_mtime_ns
     invoke(["train", "--images", str(stripes_100x), "--out", str(trained_run), "--epochs", "5", "--explain", "4",
-            "--embeddings", "20", *FAST_TRAIN])
+            "--embeddings", "20", *fast_train])
     assert (trained_run / "best.pt").stat().st_mtime_ns == stamp
-    changed = [a if a != "3e-3" else "1e-3" for a in FAST_TRAIN]
+    changed = [a if a != "3e-3" else "1e-3" for a in fast_train]
     result = CliRunner().invoke(main, ["train", "--images", str(stripes_100x), "--out", str(trained_run),
                                        "--epochs", "5", *changed])
     assert result.exit_code == 1
@@ -117,12 +119,12 @@ def test_rerun_skips_finished_work_and_refuses_changed_options(trained_run, stri
     )
 
 
-def test_kfold_groups_patients_and_summarises_folds(tmp_path):
-    root = make_patch_set(tmp_path / "flat", layout="flat", sizes={"all": 18}, patients=6, seed=3)
+def test_kfold_groups_patients_and_summarises_folds(tmp_path, invoke, fast_train):
+    root = write_patch_set(tmp_path / "flat", layout="flat", sizes={"all": 18}, patients=6, seed=3)
     (root / "benign" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "run"
     invoke(["train", "--images", str(root), "--out", str(out), "--folds", "2", "--group-by", PATIENT_PATTERN,
-            "--epochs", "1", "--explain", "0", "--embeddings", "0", *FAST_TRAIN])
+            "--epochs", "1", "--explain", "0", "--embeddings", "0", *fast_train])
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert [Path(p).name for p, _ in config["skipped_images"]] == ["broken.png"]
     everything = set()
@@ -161,7 +163,7 @@ def test_kfold_groups_patients_and_summarises_folds(tmp_path):
         ("deit_small", ["--model-option", "img_size=32", "--model-option", "depth=2"]),
     ],
 )
-def test_any_registered_model_trains_with_every_option(model, extra, stripes_100x, tmp_path):
+def test_any_registered_model_trains_with_every_option(model, extra, stripes_100x, tmp_path, invoke):
     out = tmp_path / "run"
     invoke(["train", "--images", str(stripes_100x), "--model", model, "--out", str(out), "--epochs", "1",
             "--warmup-epochs", "1", "--batch-size", "16", "--num-workers", "0", "--device", "cpu",
@@ -172,9 +174,9 @@ def test_any_registered_model_trains_with_every_option(model, extra, stripes_100
     assert metrics["explain"]["method"] == ("gradcam" if model.startswith("timm:resnet") else "rollout")
 
 
-def test_flat_folder_without_folds_is_a_one_line_error(tmp_path):
-    root = make_patch_set(tmp_path / "flat", layout="flat", sizes={"all": 2})
-    result = CliRunner().invoke(main, ["train", "--images", str(root), "--out", str(tmp_path / "r"), *FAST_TRAIN])
+def test_flat_folder_without_folds_is_a_one_line_error(tmp_path, fast_train):
+    root = write_patch_set(tmp_path / "flat", layout="flat", sizes={"all": 2})
+    result = CliRunner().invoke(main, ["train", "--images", str(root), "--out", str(tmp_path / "r"), *fast_train])
     assert result.exit_code == 1
     assert result.output.strip() == (
         f"Error: {root} has no training/ and testing/ split folders; pass --folds K to split its class folders "
