@@ -260,7 +260,7 @@ def _write_explanations(
         summary["method"] = method
         shown = [np.asarray(_thumbnail(image, 256)) for image in originals]
         titles = [
-            f"{predictions.images.paths[i].name[:28]}\n{names[predictions.y_true[i]]} → "
+            f"{predictions.images.paths[i].name[:40]}\n{names[predictions.y_true[i]]} -> "
             f"{names[int(predictions.probs[i].argmax())]} (p={predictions.probs[i, positive]:.2f})"
             for i in index
         ]
@@ -304,9 +304,9 @@ def _write_projector(
 
 
 def _thumbnail(image, side: int):
-    image = image.copy()
-    image.thumbnail((side, side))
-    return image
+    """The image scaled (up or down) so that its longer side is `side` pixels."""
+    scale = side / max(image.size)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
 
 
 def _scalar_csv(metrics: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from cmamil.synthetic_patches import write_patch_set
 # fast settings for every training in these tests: the example plugin's CNN at 32 px on CPU
 FAST_TRAIN = [
     "--model", "example_cnn", "--model-option", "img_size=32", "--lr", "3e-3", "--warmup-epochs", "1",
-    "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--min-epochs", "0",
+    "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--min-epochs", "0",
 ]
 
 
@@ -51,8 +51,8 @@ def stripes_400x(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(stripes_100x, tmp_path_factory) -> Path:
-    """A run folder of example_cnn trained 5 epochs on the 100× set (with overlays and embeddings)."""
+    """A run folder of example_cnn trained 6 epochs on the 100× set (with overlays and embeddings)."""
     out = tmp_path_factory.mktemp("runs") / "cnn_100x"
-    _invoke(["train", "--images", str(stripes_100x), "--out", str(out), "--epochs", "5", "--explain", "4",
+    _invoke(["train", "--images", str(stripes_100x), "--out", str(out), "--epochs", "6", "--explain", "4",
             "--embeddings", "20", *FAST_TRAIN])
     return out

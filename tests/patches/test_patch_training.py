@@ -28,15 +28,15 @@ def test_training_beats_chance_and_fills_the_run_folder(trained_run):
     metrics = json.loads((trained_run / "eval" / "metrics.json").read_text())
     assert metrics["n"] == 16
     assert metrics["f1_macro"] >= 0.8  # chance is 0.5 on two balanced classes
-    assert 1 <= metrics["best_epoch"] <= 5 and metrics["epochs_run"] == 5
+    assert 1 <= metrics["best_epoch"] <= 6 and metrics["epochs_run"] == 6
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
-    assert config["options"]["model"] == "example_cnn" and config["options"]["epochs"] == 5
+    assert config["options"]["model"] == "example_cnn" and config["options"]["epochs"] == 6
     assert config["options"]["weight_decay"] == 0.05 and config["options"]["optimizer"] == "adamw"
     assert config["classes"] == list(CLASSES)
     assert config["images"]["run"]["train"] == {"benign": 16, "malignant": 16}
     assert {"torch", "timm", "cmamil", "cpu_count"} <= set(config["environment"])
     log = pd.read_csv(trained_run / "train_log.csv")
-    assert list(log["epoch"]) == [1, 2, 3, 4, 5]
+    assert list(log["epoch"]) == [1, 2, 3, 4, 5, 6]
     for column in ("train_loss", "val_loss", "train_accuracy", "val_f1_macro", "val_f1_benign",
                    "val_f1_malignant", "epoch_seconds", "peak_memory_mb", "lr"):
         assert log[column].notna().all(), column
@@ -55,8 +55,8 @@ def test_training_beats_chance_and_fills_the_run_folder(trained_run):
 def test_tensorboard_events_hold_every_epoch_and_the_test_evaluation(trained_run):
     events = EventAccumulator(str(trained_run), size_guidance={"scalars": 0, "images": 0}).Reload()
     tags = events.Tags()
-    assert [e.step for e in events.Scalars("val/f1_macro")] == [1, 2, 3, 4, 5]
-    assert len(events.Scalars("train/loss")) == 5 and len(events.Scalars("lr")) == 5
+    assert [e.step for e in events.Scalars("val/f1_macro")] == [1, 2, 3, 4, 5, 6]
+    assert len(events.Scalars("train/loss")) == 6 and len(events.Scalars("lr")) == 6
     test_f1 = events.Scalars("test/f1_macro")[0].value
     saved = json.loads((trained_run / "eval" / "metrics.json").read_text())["f1_macro"]
     assert test_f1 == pytest.approx(saved, abs=1e-6)
@@ -107,12 +107,12 @@ def test_rerun_skips_finished_work_and_refuses_changed_options(
     trained_run, stripes_100x, invoke, fast_train
 ):
     stamp = (trained_run / "best.pt").stat().st_mtime_ns
-    invoke(["train", "--images", str(stripes_100x), "--out", str(trained_run), "--epochs", "5", "--explain", "4",
+    invoke(["train", "--images", str(stripes_100x), "--out", str(trained_run), "--epochs", "6", "--explain", "4",
             "--embeddings", "20", *fast_train])
     assert (trained_run / "best.pt").stat().st_mtime_ns == stamp
     changed = [a if a != "3e-3" else "1e-3" for a in fast_train]
     result = CliRunner().invoke(main, ["train", "--images", str(stripes_100x), "--out", str(trained_run),
-                                       "--epochs", "5", *changed])
+                                       "--epochs", "6", *changed])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == (
         f"Error: {trained_run} was trained with other options (lr: 0.003 → 0.001); use a new --out or --overwrite"
