@@ -38,8 +38,8 @@ class EarlyStopping:
         return False
 
     def should_stop(self, epoch: int) -> bool:
-        """True when patience is spent and at least `min_epochs` epochs (1-based count) have run."""
-        return self.bad_epochs >= self.patience and epoch + 1 >= self.min_epochs
+        """True when patience is spent and `epoch` (1-based: the count of epochs run) reached `min_epochs`."""
+        return self.bad_epochs >= self.patience and epoch >= self.min_epochs
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-data state for a checkpoint."""
