@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cmamil.atomic import write_json, write_text, write_yaml
+from cmamil.atomic import write_csv, write_json, write_text, write_yaml
 from cmamil.errors import InputError
 from cmamil.patch_training import PatchTrainConfig, train_patches
 
@@ -134,10 +134,8 @@ def _write_outputs(out: Path, summary: dict[str, Any], f1: np.ndarray, accuracy:
     from cmamil.figures import plot_matrix, save_figure
 
     for name, values in (("f1_macro", f1), ("accuracy", accuracy)):
-        lines = ["train \\ test," + ",".join(cols)] + [
-            row + "," + ",".join(f"{v:.6g}" for v in values[i]) for i, row in enumerate(rows)
-        ]
-        write_text(out / f"matrix_{name}.csv", "\n".join(lines) + "\n")
+        write_csv(out / f"matrix_{name}.csv", ["train \\ test", *cols],
+                  [[row, *values[i].tolist()] for i, row in enumerate(rows)])
     fig = plot_matrix(f1, rows, cols, row_label="trained on", col_label="tested on",
                       title=f"{summary['model']}: macro-F1, train × test")
     save_figure(fig, out / "matrix_f1_macro.png")

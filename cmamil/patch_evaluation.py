@@ -12,8 +12,6 @@ each cell of `cmamil crossmag`), so every number comes from the same code. An ev
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cmamil.atomic import write_json, write_text
+from cmamil.atomic import write_csv, write_json
 from cmamil.checkpoint import load_checkpoint
 from cmamil.environment import peak_memory_mb, reset_peak_memory
 from cmamil.errors import InputError
@@ -164,8 +162,11 @@ def evaluate_model(
         from cmamil.tblog import log_evaluation
 
         log_evaluation(writer, "test", metrics, predictions.y_true, predictions.probs, class_names, step)
-    write_text(out / "metrics.csv", _scalar_csv(metrics))
-    write_text(out / "per_class.csv", _per_class_csv(metrics))
+    scalars = {**metrics, **metrics.get("speed", {})}
+    write_csv(out / "metrics.csv", ["metric", "value"],
+              [[k, v] for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)])
+    write_csv(out / "per_class.csv", ["class", "precision", "recall", "f1", "support"],
+              [[name, v["precision"], v["recall"], v["f1"], v["support"]] for name, v in metrics["per_class"].items()])
     write_json(out / "metrics.json", metrics)  # written last: its presence marks a finished evaluation
     return metrics
 
@@ -176,7 +177,7 @@ def write_predictions(path: str | Path, predictions: Predictions, class_names: S
         [str(image), class_names[label], class_names[int(row.argmax())]] + [f"{p:.9g}" for p in row]
         for image, label, row in zip(predictions.images.paths, predictions.y_true, predictions.probs)
     ]
-    write_text(path, _csv(["path", "label", "prediction"] + [f"prob_{name}" for name in class_names], rows))
+    write_csv(path, ["path", "label", "prediction"] + [f"prob_{name}" for name in class_names], rows)
 
 
 def measure_speed(
@@ -307,28 +308,6 @@ def _thumbnail(image, side: int):
     """The image scaled (up or down) so that its longer side is `side` pixels."""
     scale = side / max(image.size)
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
-
-
-def _scalar_csv(metrics: dict[str, Any]) -> str:
-    """metric,value rows of the scalar metrics and speed figures."""
-    scalars = {**metrics, **metrics.get("speed", {})}
-    return _csv(
-        ["metric", "value"],
-        [[k, v] for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)],
-    )
-
-
-def _per_class_csv(metrics: dict[str, Any]) -> str:
-    rows = [[name, v["precision"], v["recall"], v["f1"], v["support"]] for name, v in metrics["per_class"].items()]
-    return _csv(["class", "precision", "recall", "f1", "support"], rows)
-
-
-def _csv(header: list[str], rows: list[list]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 @dataclass(frozen=True)

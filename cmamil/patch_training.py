@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cmamil.atomic import write_json, write_text, write_yaml
+from cmamil.atomic import write_csv, write_json, write_yaml
 from cmamil.checkpoint import load_checkpoint, save_checkpoint
 from cmamil.early_stopping import EarlyStopping
 from cmamil.environment import environment_info, peak_memory_mb, reset_peak_memory, resolve_device, seed_everything
@@ -195,11 +195,9 @@ def train_patches(
         return results["run"]
     summary = {"folds": results, "summary": summarize_folds(list(results.values()))}
     write_json(config.out / "summary.json", summary)
-    rows = ["fold," + ",".join(HEADLINE)] + [
-        name + "," + ",".join(f"{m[k]:.6g}" for k in HEADLINE) for name, m in results.items()
-    ]
-    rows += [f"{stat}," + ",".join(f"{summary['summary'][k][stat]:.6g}" for k in HEADLINE) for stat in ("mean", "std")]
-    write_text(config.out / "summary.csv", "\n".join(rows) + "\n")
+    rows = [[name] + [m[k] for k in HEADLINE] for name, m in results.items()]
+    rows += [[stat] + [summary["summary"][k][stat] for k in HEADLINE] for stat in ("mean", "std")]
+    write_csv(config.out / "summary.csv", ["fold", *HEADLINE], rows)
     return summary
 
 
@@ -433,20 +431,18 @@ def _best_state(config: PatchTrainConfig, model: nn.Module, class_names: list[st
 
 
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    header = list(rows[0])
-    lines = [",".join(header)] + [",".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k])
-                                           for k in header) for row in rows]
-    write_text(path, "\n".join(lines) + "\n")
+    write_csv(path, list(rows[0]), [[f"{v:.6g}" if isinstance(v, float) else v for v in row.values()] for row in rows])
 
 
 def _write_splits(folder: Path, units: list[TrainingUnit]) -> None:
     """splits/<unit>.csv: every image with its label and its split in that unit."""
     for unit in units:
-        lines = ["path,label,split"]
-        for split in ("train", "val", "test"):
-            images = getattr(unit, split)
-            lines += [f"{p},{images.class_names[y]},{split}" for p, y in zip(images.paths, images.labels)]
-        write_text(folder / f"{unit.name}.csv", "\n".join(lines) + "\n")
+        rows = [
+            [str(path), images.class_names[label], split]
+            for split, images in (("train", unit.train), ("val", unit.val), ("test", unit.test))
+            for path, label in zip(images.paths, images.labels)
+        ]
+        write_csv(folder / f"{unit.name}.csv", ["path", "label", "split"], rows)
 
 
 def _fold_units(config: PatchTrainConfig, images: ImageSet) -> list[TrainingUnit]:
