@@ -7,14 +7,16 @@ file (dot-prefixed, ending in `.tmp`), which readers ignore and the next run ove
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import yaml
 
-__all__ = ["atomic_path", "write_json", "write_text", "write_yaml"]
+__all__ = ["atomic_path", "write_csv", "write_json", "write_text", "write_yaml"]
 
 
 @contextlib.contextmanager
@@ -35,6 +37,15 @@ def write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a CSV table (header row, then rows; fields quoted where needed) atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -1,4 +1,8 @@
-"""Model checkpoints: a state dict plus plain metadata, written atomically and read with weights_only=True."""
+"""Checkpoints: torch files written atomically and read back with `weights_only=True` (no pickled code).
+
+A checkpoint holds only tensors, numbers, strings and containers of them (state dicts, metrics, the
+options that rebuild the model), so loading one never runs code from the file.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from cmamil.atomic import atomic_path
+from cmamil.errors import InputError
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) -> Path:
-    """Write `model`'s weights (on CPU) and `meta` (str/int/float/bool/list/dict values) to `path` atomically."""
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write `state` with torch.save under a temporary name, then rename it to `path`."""
     path = Path(path)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "meta": meta or {}}, tmp)
+        torch.save(state, tmp)
     return path
 
 
-def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:
-    """Read a checkpoint safely (weights_only=True); load its weights into `model` when given."""
-    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if model is not None:
-        model.load_state_dict(checkpoint["state_dict"])
-    return checkpoint
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` (weights only); a bad file is an InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint '{path}' not found; train the run first (cmamil train)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise InputError(
+            f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {reason}); delete it and retrain"
+        ) from exc

@@ -5,7 +5,7 @@ Every slide is H&E-like tissue (pink stroma, scattered nuclei) holding the same 
 shows only as a piece of wall) and the same number of discs of **fine texture** (a stipple of 2 µm period:
 plain at 20×, averaged away at 5×, and zero-mean so it does not change the colour a coarse tile sees).
 
-- In a *positive* slide at least one texture disc fills the **inside** of a ring, `gap_um` from its wall.
+- In a *positive* slide every texture disc fills the **inside** of a ring, `gap_um` from its wall.
 - In a *negative* slide every texture disc lies **far** from every ring (`separation_um` beyond the wall,
   more than a 5× tile), so no coarse tile holds both.
 
@@ -46,8 +46,8 @@ class CohortConfig:
     sites_per_slide: int = 2
     ring_radius_um: float = 90.0
     wall_um: float = 14.0
-    gap_um: float = 8.0
-    separation_um: float = 100.0
+    gap_um: float = 20.0
+    separation_um: float = 140.0
     texture_period_um: float = 2.0
     slides_per_patient: int = 2
     seed: int = 0
@@ -126,7 +126,7 @@ def _layout(
     n = config.sites_per_slide
     r, w, rt = config.ring_radius_um, config.wall_um, config.texture_radius_um
     rings = _place(config, tissue, rng, n, r + w, [])
-    n_inside = max(1, n // 2) if positive else 0
+    n_inside = n if positive else 0
     discs = [rings[k] for k in rng.choice(n, size=n_inside, replace=False)]
     far = r + w / 2 + config.separation_um + rt
     avoid = [(c, far) for c in rings]

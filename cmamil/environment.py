@@ -13,7 +13,7 @@ import torch
 from cmamil import __version__
 from cmamil.errors import InputError
 
-__all__ = ["environment_info", "resolve_device", "seed_everything"]
+__all__ = ["environment_info", "peak_memory_mb", "reset_peak_memory", "resolve_device", "seed_everything"]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -35,6 +35,22 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window on a CUDA device (the CPU figure is the process peak and cannot reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB: CUDA memory allocated by torch since the last reset, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 def environment_info() -> dict[str, Any]:

@@ -20,6 +20,7 @@ from cmamil.atomic import atomic_path  # noqa: E402
 
 __all__ = [
     "plot_confusion_matrix",
+    "plot_matrix",
     "plot_pr_curves",
     "plot_roc_curves",
     "plot_training_curves",
@@ -55,6 +56,38 @@ def plot_confusion_matrix(
             text = f"{shown[i, j]:.2f}\n({int(cm[i, j])})" if normalize else f"{int(cm[i, j])}"
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if shown[i, j] > 0.5 else "black")
     ax.set_title(title or ("confusion matrix (row-normalised)" if normalize else "confusion matrix"))
+    return fig
+
+
+def plot_matrix(
+    matrix: Sequence[Sequence[float]],
+    row_names: Sequence[str],
+    col_names: Sequence[str],
+    *,
+    row_label: str = "",
+    col_label: str = "",
+    title: str = "",
+    vmin: float | None = 0.0,
+    vmax: float | None = 1.0,
+) -> plt.Figure:
+    """Annotated heatmap of a score matrix (e.g. train set × test set macro-F1); NaN cells are left blank."""
+    values = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(col_names) + 2), max(3.0, 0.9 * len(row_names) + 1.5)))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(col_names)), col_names)
+    ax.set_yticks(range(len(row_names)), row_names)
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    finite = values[np.isfinite(values)]
+    low = vmin if vmin is not None else finite.min() if finite.size else 0.0
+    high = vmax if vmax is not None else finite.max() if finite.size else 1.0
+    middle = (low + high) / 2
+    for (i, j), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="black" if value > middle else "white")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title)
+    fig.tight_layout()
     return fig
 
 

@@ -156,7 +156,8 @@ def fit(
     device = resolve_device(config.device)
     model.to(device)
     optimizer = _optimizer(model, config)
-    stopper = EarlyStopping(config.monitor, config.patience, config.min_epochs)
+    stopper = EarlyStopping(config.monitor, config.patience, config.min_epochs,
+                            tie_break=None if config.monitor == "loss" else "loss")
     has_val = val is not None and len(val) > 0
     train_loader = bag_loader(train, shuffle=True, seed=seed, num_workers=config.num_workers)
     val_loader = bag_loader(val, shuffle=False, num_workers=config.num_workers) if has_val else None
@@ -187,11 +188,11 @@ def fit(
             row.update({f"val_{k}": val_metrics[k] for k in HISTORY})
             if writer is not None:
                 log_scalars(writer, "val", val_metrics, epoch)
-            if stopper.update(epoch, val_metrics[config.monitor]):
+            if stopper.step(epoch, val_metrics):
                 best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
             bar.set_postfix({f"val_{config.monitor}": f"{val_metrics[config.monitor]:.3f}"})
         history.append(row)
-        if has_val and stopper.should_stop:
+        if has_val and stopper.should_stop(epoch + 1):
             break
     if best_state is None:
         if has_val:
@@ -247,7 +248,8 @@ def train_fold(config: MILTrainConfig, table: LabelTable, split: Split, run_dir:
         "in_dim": table.in_dim, "magnifications": list(table.magnifications),
         "model_options": dict(config.model_options),
     }
-    save_checkpoint(folder / "checkpoint.pt", result.model, meta)
+    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    save_checkpoint(folder / "checkpoint.pt", {"state_dict": state, "meta": meta})
     _write_predictions(folder / "predictions.csv", evaluations["test"], table)
     _write_history(folder / "history.csv", result.history)
     fold_metrics = {

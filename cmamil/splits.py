@@ -1,8 +1,9 @@
 """Cross-validation splits: stratified k-fold grouped by patient, a validation part carved from each training part.
 
-A fold's file `fold_K.csv` has the columns `id,split` (split ∈ train, val, test), one row per item. Reused
-splits may also be CLAM-style files (`splits_K.csv` with the columns train, val, test, each listing ids).
-Items of one group (patient) always fall in one part of a fold.
+Items of one group (patient) always land on the same side of a split. Splits come from scikit-learn's
+StratifiedKFold / StratifiedGroupKFold, seeded, so a run's splits are reproducible from its seed. A fold's
+file `fold_K.csv` has the columns `id,split` (split ∈ train, val, test), one row per item; reused splits may
+also be CLAM-style files (`splits_K.csv` with the columns train, val, test, each listing ids).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from cmamil.atomic import write_text
 from cmamil.errors import InputError
 
-__all__ = ["PARTS", "Split", "load_splits", "make_splits", "save_splits"]
+__all__ = ["PARTS", "Split", "assign_folds", "holdout_mask", "load_splits", "make_splits", "save_splits"]
 
 PARTS = ("train", "val", "test")
 
@@ -51,26 +53,73 @@ def make_splits(
 ) -> list[Split]:
     """Stratified k-fold over groups (patients; each id its own group when None), with a stratified grouped
     validation part of about `val_fraction` of each training part (none when 0)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
     ids = np.asarray(ids, dtype=object)
     labels = np.asarray(labels)
     groups = np.asarray(groups if groups is not None else ids, dtype=object)
     _check_enough(labels, groups, folds, "--folds")
-    outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    fold_of = assign_folds(labels, folds, groups=groups, seed=seed)
     splits = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # unequal class sizes across folds are expected
-        for fold, (train, test) in enumerate(outer.split(ids, labels, groups)):
-            val = np.array([], dtype=int)
-            if val_fraction > 0:
-                parts = max(2, round(1 / val_fraction))
-                _check_enough(labels[train], groups[train], parts, f"--val-fraction {val_fraction} in fold {fold}")
-                inner = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed + fold)
-                keep, held = next(inner.split(ids[train], labels[train], groups[train]))
-                train, val = train[keep], train[held]
-            splits.append(Split(fold, *(tuple(ids[np.sort(p)]) for p in (train, val, test))))
+    for fold in range(folds):
+        train, test = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+        val = np.array([], dtype=int)
+        if val_fraction > 0:
+            parts = max(2, round(1 / val_fraction))
+            _check_enough(labels[train], groups[train], parts, f"--val-fraction {val_fraction} in fold {fold}")
+            held = holdout_mask(labels[train], val_fraction, groups=groups[train], seed=seed + fold)
+            train, val = train[~held], train[held]
+        splits.append(Split(fold, *(tuple(ids[np.sort(p)]) for p in (train, val, test))))
     return splits
+
+
+def assign_folds(
+    labels: Sequence[int], k: int, *, groups: Sequence[str] | None = None, seed: int = 0
+) -> np.ndarray:
+    """Fold index (0..k-1) of every item: stratified by label, grouped so a group sits in one fold."""
+    labels = np.asarray(labels)
+    units = len(set(groups)) if groups is not None else len(labels)
+    if k < 2 or units < k:
+        what = "patients" if groups is not None else "items"
+        raise InputError(f"cannot make {k} folds from {units} {what}; lower --folds or add data")
+    fold = np.full(len(labels), -1, dtype=int)
+    for index, (_, test) in enumerate(_splitter(k, groups, seed).split(np.zeros(len(labels)), labels, groups)):
+        fold[test] = index
+    return fold
+
+
+def holdout_mask(
+    labels: Sequence[int], fraction: float, *, groups: Sequence[str] | None = None, seed: int = 0
+) -> np.ndarray:
+    """Boolean mask of a stratified (grouped) share `fraction` of the items, e.g. a validation set."""
+    labels = np.asarray(labels)
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"a hold-out fraction must lie between 0 and 1, got {fraction}")
+    k = max(2, round(1.0 / fraction))
+    units = len(set(groups)) if groups is not None else len(labels)
+    if units < k:
+        raise InputError(f"cannot hold out {fraction:.0%} of only {units} items/patients; add data")
+    _, held = next(_splitter(k, groups, seed).split(np.zeros(len(labels)), labels, groups))
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[held] = True
+    return mask
+
+
+def _splitter(k: int, groups: Sequence[str] | None, seed: int):
+    """A shuffled stratified splitter, grouped when groups are given."""
+    if groups is None:
+        return _Quiet(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed))
+    return _Quiet(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed))
+
+
+class _Quiet:
+    """Wrap a splitter: silence the 'least populated class' warning (a small class is legal here)."""
+
+    def __init__(self, splitter) -> None:
+        self.splitter = splitter
+
+    def split(self, x, y, groups=None):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The least populated class")
+            yield from self.splitter.split(x, y, groups)
 
 
 def _check_enough(labels: np.ndarray, groups: np.ndarray, parts: int, option: str) -> None:

@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from cmamil.figures import plot_confusion_matrix
 
-__all__ = ["SCALAR_METRICS", "log_evaluation", "log_hparams", "log_scalars"]
+__all__ = ["SCALAR_METRICS", "log_embeddings", "log_evaluation", "log_hparams", "log_scalars"]
 
 SCALAR_METRICS = (
     "loss",
@@ -64,3 +64,28 @@ def log_hparams(writer: SummaryWriter, hparams: dict[str, Any], final: dict[str,
     clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
     results = {f"hparam/{k}": float(v) for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     writer.add_hparams(clean, results, run_name=".")
+
+
+def log_embeddings(
+    writer: SummaryWriter,
+    features: np.ndarray,
+    metadata: Sequence[Sequence[str]],
+    header: Sequence[str],
+    images: np.ndarray | None = None,
+    tag: str = "embeddings",
+    step: int = 0,
+) -> None:
+    """(N, D) embeddings for TensorBoard's projector (PCA/t-SNE/UMAP), with metadata columns and an image sprite.
+
+    `images` are (N, 3, h, w) thumbnails in [0, 1]; TensorBoard tiles them into the sprite.
+    """
+    import torch
+
+    writer.add_embedding(
+        torch.as_tensor(np.asarray(features, dtype=np.float32)),
+        metadata=[list(map(str, row)) for row in metadata],
+        metadata_header=list(header),
+        label_img=None if images is None else torch.as_tensor(np.asarray(images, dtype=np.float32)),
+        tag=tag,
+        global_step=step,
+    )

@@ -10,7 +10,7 @@ group attributes `images` and `image_rows` say which rows came from which image 
 image_rows[i+1] - 1 are image i).
 
 Bags are formed by `bag_by`: `image` (each image its own bag), a regular expression whose named group `patient`
-(or first group) found in the file name is the bag id, or a CSV file with columns `image,bag_id` (`image` is a
+(else its first group, else the whole match) in the file name is the bag id, as `cmamil train --group-by` reads it, or a CSV file with columns `image,bag_id` (`image` is a
 file name, or a path relative to the CSV's folder).
 """
 
@@ -34,6 +34,7 @@ from cmamil.extract.features import BagJob, BagPlan, ExtractConfig, Group, extra
 from cmamil.extract.loading import ImageInstances, ImageTiles
 from cmamil.extract.reader import IMAGE_SUFFIXES
 from cmamil.extract.resolution import Magnification
+from cmamil.image_folders import patient_groups
 
 __all__ = ["ImageBag", "ImageSets", "collect_image_bags", "extract_image_sets"]
 
@@ -84,16 +85,15 @@ class ImageSets:
         if self.bag_by.lower().endswith(".csv"):
             return _table_rule(Path(self.bag_by))
         try:
-            pattern = re.compile(self.bag_by)
+            re.compile(self.bag_by)
         except re.error as exc:
             raise InputError(f"--bag-by '{self.bag_by}' is not 'image', a CSV file or a valid regex ({exc})") from exc
-        if pattern.groups < 1:
-            raise InputError(f"--bag-by regex '{self.bag_by}' needs a group, e.g. (?P<patient>...), for the bag id")
-        group = "patient" if "patient" in pattern.groupindex else 1
 
         def from_name(path: Path) -> str | None:
-            match = pattern.search(path.name)
-            return match.group(group) if match and match.group(group) else None
+            try:
+                return patient_groups([path], self.bag_by)[0] or None
+            except InputError:
+                return None
 
         return from_name
 

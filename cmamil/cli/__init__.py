@@ -20,6 +20,9 @@ __all__ = ["main"]
 # command name -> (module, attribute, one-line help shown by `cmamil --help` without importing it)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "extract": ("cmamil.cli.extract", "extract", "Embed slide or image-set tiles into one feature file per bag."),
+    "crossmag": ("cmamil.cli.crossmag", "crossmag", "Train on each magnification set, test on every set."),
+    "demo": ("cmamil.cli.demo", "demo", "Run the whole pipeline on a synthetic cohort in a few minutes."),
+    "evaluate": ("cmamil.cli.evaluate", "evaluate", "Evaluate a trained patch classifier: metrics, speed, overlays."),
     "plugins": ("cmamil.cli.plugins", "plugins", "List and check installed model and aggregator plugins."),
     "tile": ("cmamil.cli.tile", "tile", "Find tissue and plan nested multi-magnification tiles for slides."),
     "train": ("cmamil.cli.train", "train", "Train a MIL aggregator on bags or a patch model on images, k-fold."),

@@ -44,8 +44,8 @@ __all__ = ["extract"]
               help="An image set instead of slides: a folder of images at one magnification, repeatable "
                    "(--images 100x=BreaKHis/100X --images 400x=BreaKHis/400X).")
 @click.option("--bag-by", default="image", show_default=True,
-              help="[--images] Bags: 'image' (one per image), a regex whose named group 'patient' (or first group) "
-                   "in the file name is the bag id, or a CSV file with columns image,bag_id.")
+              help="[--images] Bags: 'image' (one per image), a regex whose named group 'patient' (or first "
+                   "group) in the file name is the bag id, or a CSV file with columns image,bag_id.")
 @click.option("--tile", is_flag=True,
               help="[--images] Cut each image into --tile-px tiles instead of embedding it whole (resized).")
 @click.option("--shard", default=None, metavar="I/N",

@@ -9,18 +9,20 @@ setup and are shown as "bags / images".
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 
 import click
 
 from cmamil.errors import InputError
 
-__all__ = ["train"]
+__all__ = ["train", "train_options"]
 
 BAG_ONLY = ("labels", "magnifications", "splits")
 PATCH_ONLY = (
     "group_by", "batch_size", "warmup_epochs", "clip_grad", "label_smoothing", "weighted_sampling",
-    "augment", "mixup", "cutmix", "weights", "amp", "split_names",
+    "augment", "mixup", "cutmix", "weights", "amp", "split_names", "input_px", "explain", "embeddings",
 )
 
 
@@ -97,6 +99,13 @@ def _key_value(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
 @click.option("--mixup", type=click.FloatRange(0.0), default=0.0, help="[--images] Mixup alpha (0 disables).")
 @click.option("--cutmix", type=click.FloatRange(0.0), default=0.0, help="[--images] CutMix alpha (0 disables).")
 @click.option("--amp/--no-amp", default=True, help="[--images] Mixed precision on CUDA (ignored on CPU).")
+@click.option("--input-px", type=click.IntRange(min=8), default=None,
+              help="[--images] Resize images to this square size instead of the model's input size.")
+@click.option("--explain", type=click.IntRange(min=0), default=8,
+              help="[--images] Grad-CAM / attention-rollout overlays per group (TP, FP, FN) of the test set "
+                   "(0: none).")
+@click.option("--embeddings", type=click.IntRange(min=0), default=500,
+              help="[--images] Test images whose embeddings go to TensorBoard's projector; 0: none.")
 def train(features: Path | None, images: Path | None, **options: object) -> None:
     """Train a model with k-fold cross-validation and write a run folder.
 
@@ -125,3 +134,21 @@ def train(features: Path | None, images: Path | None, **options: object) -> None
         from cmamil.cli.train_patches import run_patches
 
         run_patches(images=images, **options)
+
+
+def train_options(*names: str):
+    """Decorator giving a patch-image command these options of `cmamil train`, so each is defined once.
+
+    The copies' help drops the "[--images]" mark and keeps the image side of "bags / images" defaults.
+    """
+
+    def attach(command: click.Command) -> click.Command:
+        for param in train.params:
+            if param.name in names:
+                shared = copy.copy(param)
+                text = (param.help or "").removeprefix("[--images] ")
+                shared.help = re.sub(r"\[default: [^/\]]+ / ([^\]]+)\]", r"[default: \1]", text)
+                command.params.append(shared)
+        return command
+
+    return attach
