@@ -49,7 +49,7 @@ class CohortConfig:
     gap_um: float = 20.0
     separation_um: float = 140.0
     texture_period_um: float = 2.0
-    slides_per_patient: int = 2
+    slides_per_patient: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:

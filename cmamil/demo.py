@@ -65,6 +65,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
 
     echo(f"[1/4] cohort: {config.cohort.n_slides} synthetic slides in {cohort_dir}")
     slides = make_cohort(cohort_dir, config.cohort)
+    echo(f"      {time.perf_counter() - start:.0f} s")
 
     tiling = TilingConfig(magnifications=parse_magnifications(config.magnifications), tile_px=config.tile_px)
     echo(f"[2/4] tiles and features ({config.encoder}, {config.magnifications}, {config.tile_px} px) in {features_dir}")
@@ -76,6 +77,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         device=config.device,
     )
     results = extract_slides(collect_slides([s.path for s in slides]), features_dir, extract)
+    echo(f"      {time.perf_counter() - start:.0f} s")
     failed = [r for r in results if r.status == "failed"]
     if failed:
         echo(f"      {len(failed)} slide(s) failed: " + "; ".join(f"{r.slide_id}: {r.error}" for r in failed[:3]))

@@ -12,7 +12,7 @@ __all__ = ["demo"]
 @click.command(context_settings={"show_default": True})
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("cmamil-demo"),
               help="Folder for the cohort, feature files and runs; a rerun reuses finished stages.")
-@click.option("--slides", type=click.IntRange(min=4), default=24, help="Number of synthetic slides (2 per patient).")
+@click.option("--slides", type=click.IntRange(min=4), default=24, help="Number of synthetic slides (one per patient).")
 @click.option("--signal", type=click.FloatRange(min=0.0), default=1.0,
               help="Contrast of the planted fine texture (0 removes the signal: AUC should fall to chance).")
 @click.option("--folds", type=click.IntRange(min=2), default=5, help="Cross-validation folds.")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from cmamil.cli.options import key_values
 from cmamil.errors import InputError
 
 __all__ = ["train", "train_options"]
@@ -24,19 +25,6 @@ PATCH_ONLY = (
     "group_by", "batch_size", "warmup_epochs", "clip_grad", "label_smoothing", "weighted_sampling",
     "augment", "mixup", "cutmix", "weights", "amp", "split_names", "input_px", "explain", "embeddings",
 )
-
-
-def _key_value(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, object]:
-    """Parse repeated KEY=VALUE options; values are read as YAML scalars (numbers, booleans, strings)."""
-    import yaml
-
-    options = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"'{item}' is not KEY=VALUE", ctx=ctx, param=param)
-        options[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return options
 
 
 @click.command(context_settings={"show_default": True})
@@ -67,7 +55,7 @@ def _key_value(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
               help="Never stop early before this epoch.")
 @click.option("--val-fraction", type=click.FloatRange(0.0, 0.9), default=0.2,
               help="Share of each fold's training part held out for validation.")
-@click.option("--model-option", "model_options", multiple=True, callback=_key_value, metavar="KEY=VALUE",
+@click.option("--model-option", "model_options", multiple=True, callback=key_values, metavar="KEY=VALUE",
               help="Option passed to the model factory, repeatable (e.g. --model-option cross_attention=local).")
 @click.option("--seed", type=int, default=0, help="Random seed for splits, initialisation and sampling.")
 @click.option("--deterministic", is_flag=True, help="Ask torch for deterministic kernels (slower).")
