@@ -147,16 +147,17 @@ def load_local_weights(model: nn.Module, weights: str | Path | None, *, name: st
         raise InputError(f"cannot read weights '{path}' for model '{name}': {type(exc).__name__}: {exc}") from exc
     own = model.state_dict()
     prefix = classifier + "."
-    state = {
-        key: value
-        for key, value in state.items()
-        if not key.startswith(prefix) or (key in own and own[key].shape == value.shape)
-    }
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [key for key in missing if not key.startswith(prefix)]
-    if missing or unexpected:
+    fits = {key: key in own and own[key].shape == value.shape for key, value in state.items()}
+    state = {key: value for key, value in state.items() if fits[key] or not key.startswith(prefix)}
+    wrong = [key for key in state if key in own and not fits[key]]
+    missing, unexpected = [], []
+    if not wrong:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [key for key in missing if not key.startswith(prefix)]
+    if wrong or missing or unexpected:
         raise InputError(
-            f"weights '{path}' do not fit model '{name}': {len(missing)} missing keys (e.g. {missing[:2]}), "
-            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:2]}); were they saved from this model and options?"
+            f"weights '{path}' do not fit model '{name}': {len(wrong)} keys of another shape (e.g. {wrong[:2]}), "
+            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
+            "were they saved from this model with the same options?"
         )
     return model

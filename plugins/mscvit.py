@@ -251,7 +251,8 @@ class MSCViT(nn.Module):
             nn.Conv2d(stem, stem, 3, padding=1), nn.GELU(), nn.BatchNorm2d(stem),
             nn.Conv2d(stem, stem, 3, padding=1), nn.GELU(), nn.BatchNorm2d(stem),
         )
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        total = sum(config.depths)
+        rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         in_dims = (stem,) + config.dims[:-1]
         self.embeds = nn.ModuleList(PatchEmbed(a, b) for a, b in zip(in_dims, config.dims))
         self.stages = nn.ModuleList()
