@@ -20,6 +20,7 @@ __all__ = ["main"]
 # command name -> (module, attribute, one-line help shown by `cmamil --help` without importing it)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "plugins": ("cmamil.cli.plugins", "plugins", "List and check installed model and aggregator plugins."),
+    "models": ("cmamil.cli.models", "models", "Inspect patch models: parameters, MACs, input and feature size."),
 }
 
 
