@@ -126,7 +126,9 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] | None = None) -> i
     return counter.get_total_flops() // 2
 
 
-def load_local_weights(model: nn.Module, weights: str | Path | None, *, name: str, classifier: str = "head") -> nn.Module:
+def load_local_weights(
+    model: nn.Module, weights: str | Path | None, *, name: str, classifier: str = "head"
+) -> nn.Module:
     """Load a local .pth/.safetensors state dict into `model`; a classifier of another shape is re-initialised.
 
     For models without published weights: None keeps the random initialisation, and 'hub' is refused.

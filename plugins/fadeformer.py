@@ -94,7 +94,9 @@ class FadeFormerConfig:
 
     def __post_init__(self) -> None:
         if not self.backbone.startswith("vit_") or not timm.is_model(self.backbone):
-            raise InputError(f"fadeformer: backbone '{self.backbone}' is not a timm ViT; use e.g. vit_small_patch16_224")
+            raise InputError(
+                f"fadeformer: backbone '{self.backbone}' is not a timm ViT; use e.g. vit_small_patch16_224"
+            )
         if self.heads < 1 or self.order < 1 or self.img_size < 1 or (self.depth is not None and self.depth < 1):
             raise InputError("fadeformer: heads, order, img_size and depth must be positive")
         if not (0 <= self.drop_rate < 1 and 0 <= self.attn_drop_rate < 1):

@@ -55,7 +55,9 @@ class WaveletConv(nn.Module):
             nn.Conv2d(4 * channels, 4 * channels, kernel_size, padding="same", groups=4 * channels, bias=False)
             for _ in range(levels)
         )
-        self.wavelet_scales = nn.ParameterList(nn.Parameter(torch.full((1, 4 * channels, 1, 1), 0.1)) for _ in range(levels))
+        self.wavelet_scales = nn.ParameterList(
+            nn.Parameter(torch.full((1, 4 * channels, 1, 1), 0.1)) for _ in range(levels)
+        )
 
     def dwt(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → sub-bands (B, C, 4, ⌈H/2⌉, ⌈W/2⌉); odd sizes are zero-padded at the end."""
@@ -125,7 +127,9 @@ class MultiRateAttention(nn.Module):
         self.q = nn.Linear(self.attn_dim, self.attn_dim, bias=qkv_bias)
         groups, conv_branches = RATE_PLANS[sr_ratio]
         self.group_heads = [heads // share for _, share in groups]
-        self.pools = nn.ModuleList(nn.Identity() if rate is None else TokenPool(self.attn_dim, rate) for rate, _ in groups)
+        self.pools = nn.ModuleList(
+            nn.Identity() if rate is None else TokenPool(self.attn_dim, rate) for rate, _ in groups
+        )
         self.kvs = nn.ModuleList(
             nn.Linear(self.attn_dim, 2 * n * self.head_dim, bias=qkv_bias) for n in self.group_heads
         )
@@ -174,7 +178,9 @@ class IRFFN(nn.Module):
 class Block(nn.Module):
     """Local feature extraction, then pre-norm residual multi-rate attention and IRFFN, on (B, N, C) tokens."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, sr_ratio: int, config: MSCViTConfig, drop_path: float) -> None:
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: int, sr_ratio: int, config: MSCViTConfig, drop_path: float
+    ) -> None:
         super().__init__()
         self.lfe_dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.lfe_pw = nn.Conv2d(dim, dim, 1, groups=dim)
@@ -307,7 +313,9 @@ def _init_weights(module: nn.Module) -> None:
 def _build(
     variant: str, num_classes: int, weights: str | None, img_size: int, drop_rate: float, drop_path_rate: float
 ) -> MSCViT:
-    config = dataclasses.replace(VARIANTS[variant], img_size=img_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    config = dataclasses.replace(
+        VARIANTS[variant], img_size=img_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate
+    )
     model = MSCViT(config, num_classes=num_classes)
     return load_local_weights(model, weights, name=variant)
 

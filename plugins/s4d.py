@@ -4,9 +4,9 @@ Each S4D layer runs H independent complex-diagonal SSMs x' = Ax + Bu, y = 2·Re(
 zero-order hold, as one long causal convolution with the kernel K_ℓ = 2·Re Σ_n C_n (e^{ΔA_n} − 1)/A_n · e^{ΔA_n ℓ},
 applied by FFT of length 2L (no wrap-around). The classifier reads an image as a raster-scan sequence of pixels
 (or of p×p patches when patch_size > 1), encodes each position linearly, stacks residual S4D layers with
-LayerNorm, mean-pools over the sequence and classifies. Kernel and FFT run in float32 even under autocast, the
-kernel phase ΔIm(A)·ℓ is built in float64, and the kernel is built from √L-sized blocks over ℓ so its memory
-stays bounded for L = 50,176 (a 224×224 raster).
+LayerNorm, mean-pools over the sequence and classifies. The kernel is built in float64 (the phase ΔIm(A)·ℓ
+reaches 10⁵ rad at L = 50,176) from √L-sized blocks over ℓ, so its memory stays bounded for a 224×224 raster;
+kernel and FFT convolution run outside autocast, in float32 or better.
 """
 
 from __future__ import annotations
@@ -44,19 +44,19 @@ def _modes(rate: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, t
 def vandermonde_kernel(weight: torch.Tensor, rate: torch.Tensor, length: int) -> torch.Tensor:
     """K_ℓ = 2·Re Σ_n w_n exp(ΔA_n ℓ) for ℓ < length, as a float32 (H, length) tensor.
 
-    ℓ is split as B·r + j with B = ⌈√length⌉, so exp(ΔA ℓ) = exp(ΔA B r)·exp(ΔA j): both factors are built
-    in float64 (exact phases at L = 50,176) with O(H·N·√L) memory, and the sum over modes becomes two
-    real batched matrix products; the (H, N/2, L) Vandermonde matrix is never materialised.
+    ℓ is split as B·r + j with B = ⌈√length⌉, so exp(ΔA ℓ) = exp(ΔA B r)·exp(ΔA j), and the sum over modes
+    becomes two real batched matrix products of O(H·N·√L) factors: the (H, N/2, L) Vandermonde matrix is never
+    materialised. Everything runs in float64 (exact phases at L = 50,176, and immune to TF32 matmul settings).
     """
     block = math.isqrt(length - 1) + 1
     rows = -(-length // block)
     steps = torch.arange(block, dtype=torch.float64, device=rate.device)
     outer_re, outer_im = _modes(rate, steps[:rows] * block)
     inner_re, inner_im = _modes(rate, steps)
-    left_re = (weight.real.unsqueeze(-1) * outer_re - weight.imag.unsqueeze(-1) * outer_im).transpose(1, 2).float()
-    left_im = (weight.real.unsqueeze(-1) * outer_im + weight.imag.unsqueeze(-1) * outer_re).transpose(1, 2).float()
-    real = left_re @ inner_re.float() - left_im @ inner_im.float()
-    return 2 * real.reshape(real.shape[0], rows * block)[:, :length]
+    left_re = (weight.real.unsqueeze(-1) * outer_re - weight.imag.unsqueeze(-1) * outer_im).transpose(1, 2)
+    left_im = (weight.real.unsqueeze(-1) * outer_im + weight.imag.unsqueeze(-1) * outer_re).transpose(1, 2)
+    real = left_re @ inner_re - left_im @ inner_im
+    return (2 * real.reshape(real.shape[0], rows * block)[:, :length]).float()
 
 
 class S4DKernel(nn.Module):
