@@ -15,7 +15,7 @@ import torch
 from cmamil import registry
 from cmamil.errors import PluginError
 
-__all__ = ["AggregatorOutput", "Bag", "create_aggregator", "magnification_order"]
+__all__ = ["AggregatorOutput", "Bag", "aggregator_loss", "create_aggregator", "magnification_order"]
 
 
 @dataclass
@@ -48,7 +48,10 @@ class AggregatorOutput:
 
 
 def magnification_order(mags: Any) -> tuple[str, ...]:
-    """Sort magnification names ('5x', '20x', '0.5um' …) from coarse to fine."""
+    """Sort magnification names ('5x', '20x', '0.5um' …) from coarse to fine; a lone name of any form passes."""
+    names = tuple(mags)
+    if len(names) == 1:
+        return names
 
     def resolution(name: str) -> float:
         text = name.lower()
@@ -58,7 +61,7 @@ def magnification_order(mags: Any) -> tuple[str, ...]:
             return 1.0 / float(text[:-2])
         raise ValueError(f"magnification '{name}' is neither '<power>x' nor '<mpp>um'")
 
-    return tuple(sorted(mags, key=resolution))
+    return tuple(sorted(names, key=resolution))
 
 
 def create_aggregator(
@@ -72,3 +75,15 @@ def create_aggregator(
         )
     except TypeError as exc:
         raise PluginError(f"aggregator '{name}' rejected its options {sorted(options)}: {exc}") from exc
+    except ValueError as exc:
+        raise PluginError(f"aggregator '{name}': {exc}") from exc
+
+
+def aggregator_loss(aggregator: torch.nn.Module, output: AggregatorOutput, label: torch.Tensor) -> torch.Tensor:
+    """The training loss of one bag: the aggregator's own `loss(output, label)` when it defines one (it then
+    owns its bag loss, e.g. CE or SVM, and how the auxiliary loss is weighted), else cross-entropy on the logits
+    plus the auxiliary loss, if any."""
+    if hasattr(aggregator, "loss"):
+        return aggregator.loss(output, label)
+    loss = torch.nn.functional.cross_entropy(output.logits, label.reshape(1).long())
+    return loss if output.aux_loss is None else loss + output.aux_loss

@@ -7,6 +7,7 @@ __all__ = [
     "CmamilError",
     "InputError",
     "PluginError",
+    "TrainingError",
     "UnknownPluginError",
 ]
 
@@ -25,3 +26,7 @@ class PluginError(CmamilError):
 
 class UnknownPluginError(PluginError):
     """A plugin name that no installed package registers."""
+
+
+class TrainingError(CmamilError):
+    """Training cannot go on (e.g. the loss diverged)."""

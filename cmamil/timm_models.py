@@ -37,6 +37,11 @@ class TimmPatchModel(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters timm exempts from weight decay (position embeddings, tokens), named in this wrapper."""
+        inner = getattr(self.model, "no_weight_decay", None)
+        return {f"model.{name}" for name in inner()} if callable(inner) else set()
+
 
 def weights_kwargs(weights: str | Path | None) -> dict[str, Any]:
     """timm.create_model keyword arguments for a weights choice (None, 'hub', or a local file)."""

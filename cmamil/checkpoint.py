@@ -1,0 +1,39 @@
+"""Checkpoints: torch files written atomically and read back with `weights_only=True` (no pickled code).
+
+A checkpoint holds only tensors, numbers, strings and containers of them (state dicts, metrics, the
+options that rebuild the model), so loading one never runs code from the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmamil.atomic import atomic_path
+from cmamil.errors import InputError
+
+__all__ = ["load_checkpoint", "save_checkpoint"]
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write `state` with torch.save under a temporary name, then rename it to `path`."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` (weights only); a bad file is an InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint '{path}' not found; train the run first (cmamil train)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise InputError(
+            f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {reason}); delete it and retrain"
+        ) from exc

@@ -1,0 +1,158 @@
+"""The cross-magnification study: train on each image set, test on every set, and compare.
+
+For sets such as 100× and 400× (each with training/ validation/ testing/ class folders), one model is
+trained per set (and one on their union with `mixed`), each is evaluated on every set's test split, and
+the Train × Test macro-F1 matrix is summarised: in-domain mean (diagonal), cross-domain mean (mean of
+the off-diagonal cells), and the directional asymmetry F1(A→B) − F1(B→A) of every pair. Output:
+  train_<set>/ (and train_mixed/)        ordinary run folders (see cmamil.patch_training)
+  cells/<train>__<test>/                 the evaluation of one model on one test split
+  matrix_f1_macro.csv / .png, matrix_accuracy.csv, crossmag.json, crossmag.md
+Finished trainings and cells are reused on rerun; a cell is redone when its model was retrained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmamil.atomic import write_csv, write_json, write_text, write_yaml
+from cmamil.errors import InputError
+from cmamil.patch_training import PatchTrainConfig, train_patches
+
+__all__ = ["MIXED", "CrossMagConfig", "matrix_summary", "run_crossmag"]
+
+log = logging.getLogger(__name__)
+
+MIXED = "mixed"
+
+
+@dataclass(frozen=True)
+class CrossMagConfig:
+    """Named image sets, whether to add a model trained on their union, and the training options."""
+
+    sets: tuple[tuple[str, Path], ...]
+    training: PatchTrainConfig
+    mixed: bool = False
+
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.sets]
+        if len(names) < 2:
+            raise InputError("crossmag needs at least two sets (--set 100x=ROOT --set 400x=ROOT)")
+        if len(set(names)) != len(names):
+            raise InputError(f"set names must be unique, got {', '.join(names)}")
+        bad = [n for n in names if n == MIXED or not re.fullmatch(r"[A-Za-z0-9_.+-]+", n)]
+        if bad:
+            raise InputError(f"set name(s) {', '.join(bad)} not allowed; use letters, digits, '_', '.', '+', '-' "
+                             f"(and not '{MIXED}')")
+        if self.training.folds is not None:
+            raise InputError("crossmag trains on each set's training/ validation/ testing/ folders; drop --folds")
+
+    @property
+    def out(self) -> Path:
+        return self.training.out
+
+
+def run_crossmag(config: CrossMagConfig) -> dict[str, Any]:
+    """Train on every set (and the union), evaluate every model on every test split, write the matrix."""
+    from cmamil.environment import resolve_device
+    from cmamil.image_folders import read_split
+    from cmamil.patch_evaluation import evaluate_model, load_trained_model
+
+    out = config.out
+    roots = dict(config.sets)
+    trainings = {name: (root,) for name, root in config.sets}
+    if config.mixed:
+        trainings[MIXED] = tuple(roots.values())
+    write_yaml(out / "crossmag.yaml", {"sets": {k: str(v) for k, v in roots.items()}, "mixed": config.mixed,
+                                       "training": config.training.to_dict()})
+    device = resolve_device(config.training.device)
+    f1 = np.full((len(trainings), len(roots)), np.nan)
+    accuracy = f1.copy()
+    for i, (train_name, images) in enumerate(trainings.items()):
+        run = out / f"train_{train_name}"
+        log.info("crossmag: training on %s", train_name)
+        train_patches(dataclasses.replace(config.training, images=images, out=run))
+        trained = None
+        for j, (test_name, root) in enumerate(roots.items()):
+            cell = out / "cells" / f"{train_name}__{test_name}"
+            done = cell / "metrics.json"
+            if done.is_file() and done.stat().st_mtime >= (run / "best.pt").stat().st_mtime:
+                metrics = json.loads(done.read_text())
+            else:
+                trained = trained or load_trained_model(run, device)
+                metrics = evaluate_model(
+                    trained, read_split(root, "test", trained.class_names), cell, device=device,
+                    batch_size=config.training.batch_size, num_workers=config.training.num_workers,
+                    amp=config.training.amp, title=f"train {train_name} → test {test_name}",
+                    extra={"train_set": train_name, "test_set": test_name},
+                )
+            f1[i, j], accuracy[i, j] = metrics["f1_macro"], metrics["accuracy"]
+    rows, cols = list(trainings), list(roots)
+    summary = {
+        "model": config.training.model,
+        "metric": "f1_macro",
+        "train_sets": rows,
+        "test_sets": cols,
+        "matrix_f1_macro": f1.tolist(),
+        "matrix_accuracy": accuracy.tolist(),
+        **matrix_summary(f1, rows, cols),
+    }
+    _write_outputs(out, summary, f1, accuracy, rows, cols)
+    return summary
+
+
+def matrix_summary(matrix: np.ndarray, rows: list[str], cols: list[str]) -> dict[str, Any]:
+    """In-domain mean (diagonal), cross-domain mean (off-diagonal), pairwise asymmetry, and the mixed row."""
+    n = len(cols)
+    square = np.asarray(matrix, dtype=float)[:n, :n]
+    off = ~np.eye(n, dtype=bool)
+    pairs = [
+        {"from": cols[a], "to": cols[b], "forward": square[a, b], "backward": square[b, a],
+         "asymmetry": square[a, b] - square[b, a]}
+        for a in range(n) for b in range(a + 1, n)
+    ]
+    out: dict[str, Any] = {
+        "in_domain_mean": float(np.mean(np.diag(square))),
+        "cross_domain_mean": float(np.mean(square[off])),
+        "asymmetry": pairs,
+    }
+    out["generalisation_gap"] = out["in_domain_mean"] - out["cross_domain_mean"]
+    if MIXED in rows:
+        out["mixed_mean"] = float(np.mean(np.asarray(matrix)[rows.index(MIXED)]))
+    return out
+
+
+def _write_outputs(out: Path, summary: dict[str, Any], f1: np.ndarray, accuracy: np.ndarray,
+                   rows: list[str], cols: list[str]) -> None:
+    from cmamil.figures import plot_matrix, save_figure
+
+    for name, values in (("f1_macro", f1), ("accuracy", accuracy)):
+        write_csv(out / f"matrix_{name}.csv", ["train \\ test", *cols],
+                  [[row, *values[i].tolist()] for i, row in enumerate(rows)])
+    fig = plot_matrix(f1, rows, cols, row_label="trained on", col_label="tested on",
+                      title=f"{summary['model']}: macro-F1, train × test")
+    save_figure(fig, out / "matrix_f1_macro.png")
+    write_json(out / "crossmag.json", summary)
+    write_text(out / "crossmag.md", _markdown(summary, f1, rows, cols))
+
+
+def _markdown(summary: dict[str, Any], f1: np.ndarray, rows: list[str], cols: list[str]) -> str:
+    """The matrix and its summary as a Markdown table, ready for a report."""
+    lines = [f"Macro-F1 of {summary['model']}, trained on the row's set, tested on the column's.", "",
+             "| trained on \\ tested on | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {row} | " + " | ".join(f"{v:.3f}" for v in f1[i]) + " |" for i, row in enumerate(rows)]
+    lines += ["", f"- in-domain mean (diagonal): {summary['in_domain_mean']:.3f}",
+              f"- cross-domain mean (off-diagonal): {summary['cross_domain_mean']:.3f}",
+              f"- generalisation gap: {summary['generalisation_gap']:.3f}"]
+    lines += [f"- asymmetry {p['from']}→{p['to']} minus {p['to']}→{p['from']}: {p['asymmetry']:+.3f}"
+              for p in summary["asymmetry"]]
+    if "mixed_mean" in summary:
+        lines.append(f"- mixed model, mean over test sets: {summary['mixed_mean']:.3f}")
+    return "\n".join(lines) + "\n"

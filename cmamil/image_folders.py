@@ -1,0 +1,225 @@
+"""Patch-image folders: class folders (one per class), optionally under training/validation/testing.
+
+Layouts read:
+  ROOT/training/<class>/*.png, ROOT/validation/<class>/…, ROOT/testing/<class>/…   (or train/ val/ test/)
+  ROOT/<class>/*.png                                                                (split by k-fold)
+Images may sit in sub-folders of a class folder (e.g. one per patient). PNG, JPEG, TIFF and BMP are
+read with Pillow and converted to RGB. A file Pillow cannot open is skipped and recorded, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cmamil.errors import InputError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SPLITS",
+    "ImageDataset",
+    "ImageSet",
+    "find_split_folders",
+    "open_image",
+    "patient_groups",
+    "read_class_folders",
+    "read_split",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+# canonical split -> folder names accepted for it, in order of preference
+SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("training", "train"),
+    "val": ("validation", "val", "valid"),
+    "test": ("testing", "test"),
+}
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Labelled image files: paths, integer labels indexing `class_names`, and skipped unreadable files."""
+
+    paths: tuple[Path, ...]
+    labels: tuple[int, ...]
+    class_names: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.paths) != len(self.labels):
+            raise ValueError("paths and labels must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, mask: np.ndarray | Sequence[int]) -> ImageSet:
+        """The items selected by a boolean mask or an index list (the record of skipped files is kept)."""
+        index = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, dtype=int)
+        return ImageSet(
+            tuple(self.paths[i] for i in index), tuple(self.labels[i] for i in index), self.class_names,
+            self.skipped,
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Images per class."""
+        values = np.bincount(np.asarray(self.labels, dtype=int), minlength=len(self.class_names))
+        return {name: int(n) for name, n in zip(self.class_names, values)}
+
+    @staticmethod
+    def concat(sets: Sequence[ImageSet]) -> ImageSet:
+        """One set from several with the same classes (e.g. the 100× and 400× training images)."""
+        names = sets[0].class_names
+        for other in sets[1:]:
+            if other.class_names != names:
+                raise InputError(f"image sets have different classes: {list(names)} vs {list(other.class_names)}")
+        return ImageSet(
+            tuple(p for s in sets for p in s.paths),
+            tuple(y for s in sets for y in s.labels),
+            names,
+            tuple(item for s in sets for item in s.skipped),
+        )
+
+
+def find_split_folders(root: str | Path, split_names: Sequence[str] | None = None) -> dict[str, Path] | None:
+    """Map 'train'/'val'/'test' to ROOT's split folders; None when ROOT is a flat class-folder tree.
+
+    `split_names` (train, val, test folder names) overrides detection. 'val' may be absent (the
+    caller then holds out part of training); 'train' and 'test' must both exist.
+    """
+    root = _existing_folder(root)
+    if split_names is not None:
+        if len(split_names) != 3:
+            raise InputError(f"split names must be three folder names (train,val,test), got {list(split_names)}")
+        found = {split: root / name for split, name in zip(SPLITS, split_names) if (root / name).is_dir()}
+        missing = [name for split, name in zip(SPLITS, split_names) if split != "val" and split not in found]
+        if missing:
+            raise InputError(f"{root} has no folder {', '.join(missing)} (from --split-names)")
+        return found
+    found = {}
+    for split, names in SPLITS.items():
+        folder = next((root / name for name in names if (root / name).is_dir()), None)
+        if folder is not None:
+            found[split] = folder
+    if not found:
+        return None
+    if "train" not in found or "test" not in found:
+        have = ", ".join(p.name for p in found.values())
+        raise InputError(
+            f"{root} has split folder(s) {have} but needs both training/ and testing/ (or train/ and test/); "
+            "or pass --split-names"
+        )
+    return found
+
+
+def read_split(root: str | Path, split: str, class_names: Sequence[str] | None = None) -> ImageSet:
+    """Images of one split of ROOT, by folder name or alias (testing = test); ROOT itself if it has no splits."""
+    root = _existing_folder(root)
+    canonical = next((key for key, names in SPLITS.items() if split == key or split in names), None)
+    names = (split,) + (SPLITS[canonical] if canonical else ())
+    folder = next((root / name for name in names if (root / name).is_dir()), None)
+    if folder is None:
+        if find_split_folders(root) is not None:
+            raise InputError(f"{root} has no split folder '{split}'; choose one of its split folders with --split")
+        folder = root
+    return read_class_folders(folder, class_names)
+
+
+def read_class_folders(folder: str | Path, class_names: Sequence[str] | None = None) -> ImageSet:
+    """Images under FOLDER/<class>/; with `class_names` the classes are fixed and unknown folders refused."""
+    folder = _existing_folder(folder)
+    present = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if class_names is None:
+        class_names = present
+    class_names = tuple(class_names)
+    unknown = sorted(set(present) - set(class_names))
+    if unknown:
+        raise InputError(
+            f"{folder} has class folder(s) {', '.join(unknown)} that the model was not trained on "
+            f"(its classes: {', '.join(class_names)})"
+        )
+    paths, labels, skipped = [], [], []
+    for label, name in enumerate(class_names):
+        for path in _image_files(folder / name):
+            reason = _unreadable(path)
+            if reason:
+                skipped.append((str(path), reason))
+                continue
+            paths.append(path)
+            labels.append(label)
+    if not paths:
+        raise InputError(
+            f"no images found under {folder}/<class>/ (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    for path, reason in skipped:
+        log.warning("skipping %s: %s", path, reason)
+    return ImageSet(tuple(paths), tuple(labels), class_names, tuple(skipped))
+
+
+def patient_groups(paths: Sequence[Path], pattern: str) -> list[str]:
+    """Patient id of every path: the named group 'patient' (or else group 1) of `pattern` in the file name."""
+    regex = re.compile(pattern)
+    groups = []
+    for path in paths:
+        match = regex.search(Path(path).name)
+        if match is None:
+            raise InputError(f"--group-by pattern {pattern!r} does not match the file name '{Path(path).name}'")
+        named = match.groupdict().get("patient")
+        groups.append(named if named is not None else match.group(1) if regex.groups else match.group(0))
+    return groups
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decode an image file as RGB; a file that fails is an InputError naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise InputError(f"image '{path}' cannot be decoded ({exc}); remove or replace it") from exc
+
+
+class ImageDataset:
+    """A map-style dataset of (transformed image, label, index) over an ImageSet."""
+
+    def __init__(self, images: ImageSet, transform: Callable[[Image.Image], object]) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.transform(open_image(self.images.paths[index])), self.images.labels[index], index
+
+
+def _existing_folder(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"image folder '{path}' does not exist or is not a folder")
+    return path
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under `folder` (recursively), sorted, hidden files ignored."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _unreadable(path: Path) -> str:
+    """Why Pillow cannot open `path` (header check only), or '' when it can."""
+    try:
+        Image.open(path).close()  # opening parses the header
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        return str(exc)
+    return ""

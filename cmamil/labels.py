@@ -1,0 +1,181 @@
+"""Labelled slide bags: labels.csv matched to feature files, checked before any training starts.
+
+labels.csv has the columns `slide_id,label` and optionally `patient_id` (slides of one patient never straddle
+folds). Class names are the distinct labels, sorted (numerically when every label is an integer); class k is
+the k-th name. Every problem is reported at once: a blank or duplicate id, a blank label, a missing or
+unreadable feature file, a bag lacking a requested magnification, a feature size that differs from the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmamil.bag import magnification_order
+from cmamil.errors import InputError
+
+__all__ = ["LabelTable", "find_feature_files", "load_labelled_bags", "read_labels"]
+
+FEATURE_SUFFIXES = (".h5", ".hdf5", ".zarr")
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """Slides with their class, patient and feature file; `magnifications` and `in_dim` hold for every bag."""
+
+    slide_ids: tuple[str, ...]
+    labels: tuple[int, ...]
+    patients: tuple[str, ...]
+    class_names: tuple[str, ...]
+    paths: tuple[Path, ...] = ()
+    magnifications: tuple[str, ...] = ()
+    in_dim: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.slide_ids)
+        if len(self.labels) != n or len(self.patients) != n or (self.paths and len(self.paths) != n):
+            raise ValueError("a label table needs one label, patient (and path) per slide")
+
+    @property
+    def has_patients(self) -> bool:
+        """Whether patients group slides (otherwise each slide is its own patient)."""
+        return self.patients != self.slide_ids
+
+    def index(self) -> dict[str, int]:
+        """Row of each slide id."""
+        return {s: i for i, s in enumerate(self.slide_ids)}
+
+
+def _class_order(names: set[str]) -> tuple[str, ...]:
+    """Sorted class names: numerically when all are integers, else alphabetically."""
+    if all(n.lstrip("-").isdigit() for n in names):
+        return tuple(sorted(names, key=int))
+    return tuple(sorted(names))
+
+
+def read_labels(path: str | Path, class_names: tuple[str, ...] | None = None) -> LabelTable:
+    """Read labels.csv (slide_id, label[, patient_id]) into a LabelTable without feature files; every bad row at once.
+
+    With `class_names` (e.g. those of a run being resumed) a label outside them is an error; otherwise the
+    classes are the distinct labels."""
+    table, problems = _parse_labels(Path(path), class_names)
+    _raise_problems(Path(path), problems)
+    return table
+
+
+def _parse_labels(path: Path, class_names: tuple[str, ...] | None) -> tuple[LabelTable, list[str]]:
+    """The table of the well-formed rows, and one message per problem row."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip()
+        raise InputError(f"{path} is not a readable CSV ({reason}); give slide_id,label[,patient_id] columns") from exc
+    frame.columns = [c.strip() for c in frame.columns]
+    missing = [c for c in ("slide_id", "label") if c not in frame.columns]
+    if missing:
+        raise InputError(
+            f"{path} lacks the column(s) {', '.join(missing)}; it has {', '.join(frame.columns) or 'none'} "
+            "(expected slide_id,label[,patient_id])"
+        )
+    if frame.empty:
+        raise InputError(f"{path} has no rows")
+    has_patients = "patient_id" in frame.columns
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    rows: list[tuple[str, str, str]] = []
+    for line, record in enumerate(frame.itertuples(index=False), start=2):
+        slide, label = str(record.slide_id).strip(), str(record.label).strip()
+        patient = str(record.patient_id).strip() if has_patients else slide
+        where = f"line {line}" + (f" ({slide})" if slide else "")
+        bad = [
+            "blank slide_id" if not slide else "",
+            f"duplicate slide_id (first on line {seen[slide]})" if slide in seen else "",
+            "blank label" if not label else "",
+            f"unknown label '{label}' (classes: {', '.join(class_names)})"
+            if label and class_names is not None and label not in class_names else "",
+            "blank patient_id" if not patient else "",
+        ]
+        problems.extend(f"{where}: {b}" for b in bad if b)
+        seen.setdefault(slide, line)
+        if not any(bad):
+            rows.append((slide, label, patient))
+    names = tuple(class_names) if class_names is not None else _class_order({r[1] for r in rows})
+    if len(names) < 2 and not problems:
+        raise InputError(f"{path}: every slide has the label '{names[0]}'; training needs two or more classes")
+    code = {name: i for i, name in enumerate(names)}
+    table = LabelTable(
+        tuple(r[0] for r in rows), tuple(code[r[1]] for r in rows), tuple(r[2] for r in rows), names
+    )
+    return table, problems
+
+
+def find_feature_files(folder: str | Path) -> dict[str, Path]:
+    """Feature files in `folder` by slide id: `<id>.h5|.hdf5|.zarr`, or `<id>/features.h5` (one folder per slide)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"feature folder {folder} does not exist")
+    found: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.suffix.lower() in FEATURE_SUFFIXES:
+            found[entry.stem] = entry
+        elif entry.is_dir():
+            inner = next((entry / f"features{s}" for s in FEATURE_SUFFIXES if (entry / f"features{s}").exists()), None)
+            if inner is not None:
+                found.setdefault(entry.name, inner)
+    return found
+
+
+def load_labelled_bags(
+    features: str | Path,
+    labels: str | Path,
+    magnifications: tuple[str, ...] | None = None,
+    class_names: tuple[str, ...] | None = None,
+) -> LabelTable:
+    """labels.csv matched to the feature files in `features`, every bag checked for `magnifications` (default:
+    those of the first bag) and one common feature size; all problems are reported in one error."""
+    from cmamil.extract.store import bag_info
+
+    table, problems = _parse_labels(Path(labels), class_names)
+    files = find_feature_files(features)
+    paths, dims = [], {}
+    wanted = tuple(magnifications) if magnifications else None
+    for slide in table.slide_ids:
+        path = files.get(slide)
+        paths.append(path)
+        if path is None:
+            problems.append(f"{slide}: no feature file {slide}.h5, {slide}.zarr or {slide}/features.h5 in {features}")
+            continue
+        try:
+            info = bag_info(path)
+        except InputError as exc:
+            problems.append(f"{slide}: {exc}")
+            continue
+        if not info.has_features:
+            problems.append(f"{slide}: {path.name} holds coordinates only (no features)")
+            continue
+        wanted = wanted or info.magnifications
+        lacking = [m for m in wanted if m not in info.magnifications]
+        if lacking:
+            problems.append(f"{slide}: lacks magnification {', '.join(lacking)} (has {', '.join(info.magnifications)})")
+        empty = [m for m in wanted if info.counts.get(m) == 0]
+        if empty:
+            problems.append(f"{slide}: no tiles at {', '.join(empty)}")
+        dims.setdefault(info.feature_dim, slide)
+    if len(dims) > 1:
+        sizes = ", ".join(f"{d} ({s} …)" for d, s in dims.items())
+        problems.append(f"feature sizes differ between bags: {sizes}; extract every bag with one encoder")
+    _raise_problems(Path(labels), problems)
+    return LabelTable(
+        table.slide_ids, table.labels, table.patients, table.class_names,
+        tuple(paths), magnification_order(wanted or ()), next(iter(dims)),
+    )
+
+
+def _raise_problems(path: Path, problems: list[str]) -> None:
+    """One InputError naming every problem, so that a user fixes them all in one pass."""
+    if problems:
+        raise InputError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems))

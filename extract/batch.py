@@ -1,0 +1,85 @@
+"""Batches of slides: gather them from files, folders and CSV tables; record each slide's outcome in a manifest.
+
+A slide that fails (missing, corrupt, no resolution, no tissue) becomes one failed row with a one-line reason;
+the batch goes on. The manifest is a CSV written atomically at the end of every run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from cmamil.atomic import write_text
+from cmamil.errors import InputError
+from cmamil.extract.reader import SLIDE_SUFFIXES
+
+__all__ = ["SlideResult", "SlideSource", "collect_slides", "write_manifest"]
+
+
+@dataclass(frozen=True)
+class SlideSource:
+    """A slide to process: its path and the id that names its output files."""
+
+    path: Path
+    slide_id: str
+
+
+@dataclass
+class SlideResult:
+    """What happened to one slide: status 'done', 'skipped' (output existed) or 'failed', with counts and timing."""
+
+    slide_id: str
+    path: Path
+    status: str
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str = ""
+
+
+def collect_slides(inputs: Iterable[str | Path], *, exclude: Path | None = None) -> list[SlideSource]:
+    """Slides named by `inputs`: slide files, folders (searched recursively for whole-slide suffixes) and CSV
+    tables with a `path` column (optional `slide_id`; relative paths are relative to the table's folder).
+
+    Paths that do not exist are returned too, so that the batch reports each as a failed slide. Files under
+    `exclude` (the output folder) are skipped when searching folders.
+    """
+    slides: list[SlideSource] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
+            skip = exclude.resolve() if exclude else None
+            slides += [SlideSource(p, p.stem) for p in found if not (skip and p.resolve().is_relative_to(skip))]
+        elif item.suffix.lower() == ".csv" and item.is_file():
+            slides += _from_table(item)
+        else:
+            slides.append(SlideSource(item, item.stem))
+    return slides
+
+
+def _from_table(table: Path) -> list[SlideSource]:
+    """Slides listed in a CSV with a `path` column and an optional `slide_id` column."""
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "path" not in rows[0]:
+        raise InputError(f"{table} has no 'path' column; a slide table needs a header with path[,slide_id]")
+    slides = []
+    for row in rows:
+        path = Path(row["path"].strip())
+        path = path if path.is_absolute() else table.parent / path
+        slides.append(SlideSource(path, (row.get("slide_id") or "").strip() or path.stem))
+    return slides
+
+
+def write_manifest(path: str | Path, results: Sequence[SlideResult], magnifications: Sequence[str]) -> Path:
+    """Write one CSV row per slide (id, path, status, tiles per magnification, seconds, error) atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["slide_id", "path", "status", *(f"tiles_{m}" for m in magnifications), "seconds", "error"])
+    for r in results:
+        counts = [r.counts.get(m, "") for m in magnifications]
+        writer.writerow([r.slide_id, str(r.path), r.status, *counts, f"{r.seconds:.2f}", r.error])
+    write_text(path, buffer.getvalue())
+    return Path(path)

@@ -1,0 +1,37 @@
+"""Shared fixtures: real installed-package metadata for plugin tests, and the shared real-data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cmamil import registry
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def install_dist(tmp_path, monkeypatch):
+    """Install a small distribution on sys.path (dist-info metadata + modules), as pip would lay it out."""
+
+    def install(name: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str] | None = None) -> Path:
+        site = tmp_path / "site"
+        dist_info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+        dist_info.mkdir(parents=True)
+        (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        sections = [
+            f"[{group}]\n" + "".join(f"{ep} = {value}\n" for ep, value in eps.items())
+            for group, eps in entry_points.items()
+        ]
+        (dist_info / "entry_points.txt").write_text("\n".join(sections))
+        for filename, source in (modules or {}).items():
+            (site / filename).write_text(source)
+        monkeypatch.syspath_prepend(str(site))
+        for reg in (registry.models, registry.aggregators):
+            reg.refresh()
+        return site
+
+    yield install
+    for reg in (registry.models, registry.aggregators):
+        reg.refresh()

@@ -1,0 +1,71 @@
+"""The synthetic cohort: tissue and signal placement against the generator's own ground-truth map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from cmamil.cohort import REGION_CODES, CohortConfig, render_slide
+
+CONFIG = CohortConfig()
+
+
+def enclosed_by_walls(regions: np.ndarray, code: int) -> bool:
+    """True when every pixel of region `code` is cut off from the slide border by ring walls."""
+    open_space, _ = ndimage.label(regions != REGION_CODES["wall"])
+    outside = np.unique(np.concatenate([open_space[0], open_space[-1], open_space[:, 0], open_space[:, -1]]))
+    return not np.isin(open_space[regions == code], outside).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_positive_slides_enclose_texture_and_negatives_never_do(seed):
+    rng = np.random.default_rng(seed)
+    _, positive = render_slide(CONFIG, True, rng)
+    _, negative = render_slide(CONFIG, False, np.random.default_rng(seed))
+    inside, outside = REGION_CODES["texture_inside"], REGION_CODES["texture_outside"]
+    assert (positive == inside).any() and (positive == outside).any()
+    assert enclosed_by_walls(positive, inside)
+    assert not (negative == inside).any()
+    assert (negative == outside).any()
+    for regions in (positive, negative):
+        open_space, _ = ndimage.label(regions != REGION_CODES["wall"])
+        assert not enclosed_by_walls(regions, outside)
+    for regions in (positive, negative):  # texture outside rings is far from every wall
+        distance_um = ndimage.distance_transform_edt(regions != REGION_CODES["wall"]) * CONFIG.mpp
+        assert distance_um[regions == outside].min() >= CONFIG.separation_um
+    # both classes hold the same amount of wall and of texture: only its placement differs
+    assert (positive == REGION_CODES["wall"]).sum() == pytest.approx((negative == REGION_CODES["wall"]).sum(), rel=0.02)
+    texture = lambda r: ((r == inside) | (r == outside)).sum()  # noqa: E731
+    assert texture(positive) == pytest.approx(texture(negative), rel=0.02)
+
+
+def test_tissue_map_matches_pixels():
+    rgb, regions = render_slide(CONFIG, True, np.random.default_rng(3))
+    background = rgb[regions == REGION_CODES["background"]].astype(float)
+    tissue = rgb[regions != REGION_CODES["background"]].astype(float)
+    assert background.min(axis=1).mean() > 230  # near-white glass
+    assert tissue[:, 1].mean() < 190  # stained: the green channel is absorbed
+    assert 0.4 < (regions != REGION_CODES["background"]).mean() < 0.9
+
+
+def test_texture_is_visible_at_20x_and_averages_away_at_5x():
+    with_signal, regions = render_slide(CONFIG, True, np.random.default_rng(5))
+    without, same_regions = render_slide(
+        CohortConfig(signal=0.0), True, np.random.default_rng(5)
+    )
+    np.testing.assert_array_equal(regions, same_regions)
+    disc = regions == REGION_CODES["texture_inside"]
+    diff = with_signal.astype(float) - without.astype(float)
+    assert np.abs(diff[disc]).mean() > 15  # level 0 (0.5 µm/px, 20×): strong stipple
+    side = (diff.shape[0] // 4) * 4
+    coarse = diff[:side, :side].reshape(side // 4, 4, side // 4, 4, 3).mean(axis=(1, 3))  # 2 µm/px (5×)
+    coarse_disc = disc[:side, :side].reshape(side // 4, 4, side // 4, 4).all(axis=(1, 3))
+    assert np.abs(coarse[coarse_disc]).mean() < 1.5
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="prevalence"):
+        CohortConfig(prevalence=1.0)
+    with pytest.raises(ValueError, match="too small"):
+        CohortConfig(ring_radius_um=10.0)
