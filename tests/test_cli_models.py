@@ -32,3 +32,11 @@ def test_info_rejects_an_input_size_the_model_cannot_take():
     result = CliRunner().invoke(main, ["models", "info", "mscvit_t", "--input-size", "100"])
     assert result.exit_code == 1
     assert result.output == "Error: mscvit: img_size must be a positive multiple of 32, got 100\n"
+
+
+def test_info_passes_model_options_to_the_factory():
+    args = ["models", "info", "s4d", "--input-size", "16", "--model-option", "patch_size=2", "--model-option", "n_layers=1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    total = count_parameters(create_model("s4d", img_size=16, patch_size=2, n_layers=1))
+    assert f"parameters   {total:,} " in result.output

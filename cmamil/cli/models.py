@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from cmamil.cli.train import train_options
+
 __all__ = ["models"]
 
 
@@ -12,6 +14,7 @@ def models() -> None:
     """Inspect patch models: parameters, MACs, input size and embedding size."""
 
 
+@train_options("model_options")
 @models.command("info")
 @click.argument("name")
 @click.option(
@@ -28,7 +31,7 @@ def models() -> None:
     show_default=True,
     help="Number of classifier outputs; 0 builds the encoder.",
 )
-def info(name: str, input_size: int | None, num_classes: int) -> None:
+def info(name: str, input_size: int | None, num_classes: int, model_options: dict[str, object]) -> None:
     """Print parameters, MACs per image, input size and feature dimension of patch model NAME.
 
     NAME is a registered model (see `cmamil plugins list`) or timm:<arch>. MACs are counted by
@@ -36,12 +39,13 @@ def info(name: str, input_size: int | None, num_classes: int) -> None:
     normalisation, elementwise work and FFTs are not counted.
 
     \b
-    Example:
+    Examples:
       cmamil models info mscvit_t --input-size 224 --num-classes 2
+      cmamil models info s4d --model-option patch_size=4
     """
     from cmamil.models import count_macs, count_parameters, create_model
 
-    options = {} if input_size is None else {"img_size": input_size}
+    options = dict(model_options) if input_size is None else {**model_options, "img_size": input_size}
     model = create_model(name, num_classes=num_classes, **options)
     config = model.data_config
     macs = count_macs(model)
