@@ -2,9 +2,10 @@
 
 Each model runs in its own subprocess, so peak memory is that model's alone: CUDA max allocated on a GPU, and
 on CPU the rise of the process's peak RSS over its level after imports (weights plus the batch-32 pass).
-Inference only (eval mode, torch.inference_mode, float32). MACs come from torch.utils.flop_counter (FLOPs / 2).
+Latency and throughput come from `cmamil.patch_evaluation.measure_speed` (the figures `cmamil evaluate`
+reports: eval mode, no grad, float32); MACs from torch.utils.flop_counter (FLOPs / 2).
 
-    python benchmarks/models.py --device cpu --threads 2 --iters 3 --model-option s4d:patch_size=4
+    python benchmarks/models.py --device cpu --threads 1 --repeats 4 --model-option s4d:patch_size=4
     python benchmarks/models.py --device cuda --models deit_small,mscvit_t,s4d
 """
 
@@ -12,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 
 import yaml
 
@@ -32,69 +31,39 @@ def parse_model_options(items: list[str]) -> dict[str, dict[str, object]]:
     return options
 
 
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def seconds_per_call(run, device: str, warmup: int, iters: int) -> float:
-    """Median wall time of `run()` after `warmup` calls, synchronising CUDA around each call."""
-    import torch
-
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(iters):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(name: str, args: argparse.Namespace, options: dict[str, object]) -> dict[str, object]:
     """Build `name` and measure it (runs inside the worker subprocess)."""
     import torch
-
-    from cmamil import registry
-    from cmamil.models import count_macs, count_parameters, create_model
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from torch.utils.flop_counter import FlopCounterMode
 
+    from cmamil import registry
+    from cmamil.environment import peak_memory_mb
+    from cmamil.models import count_macs, count_parameters, create_model
+    from cmamil.patch_evaluation import measure_speed
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     registry.models.load(name)  # import the plugin, timm and the FLOP counter before the memory baseline
     with FlopCounterMode(display=False):
         torch.ones(2, 2) @ torch.ones(2, 2)
-    baseline = peak_rss_mib()
+    baseline = peak_memory_mb(device) if device.type == "cpu" else 0.0
     if args.input_size:
         options = {"img_size": args.input_size, **options}
     torch.manual_seed(0)
-    model = create_model(name, num_classes=args.num_classes, **options).to(args.device).eval()
+    model = create_model(name, num_classes=args.num_classes, **options).to(device).eval()
     size = tuple(model.data_config.input_size)
     macs = count_macs(model)
-    single = torch.randn(1, *size, device=args.device)
-    batch = torch.randn(args.batch, *size, device=args.device)
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    with torch.inference_mode():
-        latency = seconds_per_call(lambda: model(single), args.device, args.warmup, args.iters)
-        batch_time = seconds_per_call(lambda: model(batch), args.device, args.warmup, args.iters)
-    memory = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else peak_rss_mib() - baseline
+    speed = measure_speed(model, torch.randn(*size), batch_size=args.batch, device=device, repeats=args.repeats)
     return {
         "model": name,
         "options": options,
         "input": "×".join(str(v) for v in size),
         "params_m": count_parameters(model) / 1e6,
         "gmacs": macs / 1e9,
-        "latency_ms": latency * 1e3,
-        "throughput": args.batch / batch_time,
-        "memory_mib": memory,
+        "latency_ms": speed["latency_ms_per_image"],
+        "throughput": speed["throughput_images_per_s"],
+        "memory_mib": peak_memory_mb(device) - baseline,
     }
 
 
@@ -136,8 +105,9 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=0, help="input side passed as img_size (0: model default)")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (1000: published counts)")
     parser.add_argument("--batch", type=int, default=32, help="batch size of the throughput measurement")
-    parser.add_argument("--iters", type=int, default=3, help="timed calls per measurement (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
+    parser.add_argument(
+        "--repeats", type=int, default=20, help="timed batch-1 calls (median); batch calls: max(3, repeats // 4)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument(
         "--model-option", action="append", default=[], help="NAME:KEY=VALUE option for one model, repeatable"
