@@ -8,10 +8,11 @@ embeddings, an int `num_features` (= D) and a `data_config` saying how to prepro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmamil import registry
-from cmamil.errors import PluginError
+from cmamil.errors import InputError, PluginError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -19,8 +20,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DataConfig",
     "check_model_contract",
+    "count_macs",
     "count_parameters",
     "create_model",
+    "load_local_weights",
     "small_variant",
 ]
 
@@ -98,3 +101,65 @@ def check_model_contract(model: nn.Module, name: str) -> None:
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those that require gradients)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, ...] | None = None) -> int:
+    """Multiply-accumulates of one eval forward pass on a single input (torch's FLOP counter, FLOPs / 2).
+
+    Only matrix products, convolutions and attention are counted (as by torch.utils.flop_counter):
+    elementwise work, normalisation and FFTs are not. Attention runs through its math kernel here, which
+    the counter sees as matrix products (fused CPU attention kernels would otherwise count as zero).
+    """
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = tuple(input_size or model.data_config.input_size)
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+        model(torch.zeros(1, *size, device=device))
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def load_local_weights(
+    model: nn.Module, weights: str | Path | None, *, name: str, classifier: str = "head"
+) -> nn.Module:
+    """Load a local .pth/.safetensors state dict into `model`; a classifier of another shape is re-initialised.
+
+    For models without published weights: None keeps the random initialisation, and 'hub' is refused.
+    """
+    if weights is None:
+        return model
+    path = Path(weights).expanduser()
+    if str(weights) == "hub" or not path.is_file():
+        raise InputError(
+            f"weights file '{weights}' not found for model '{name}'; it has no published weights, "
+            "pass a local .pth or .safetensors state dict"
+        )
+    from timm.models import load_state_dict
+
+    try:
+        state = load_state_dict(str(path))
+    except Exception as exc:
+        raise InputError(f"cannot read weights '{path}' for model '{name}': {type(exc).__name__}: {exc}") from exc
+    own = model.state_dict()
+    prefix = classifier + "."
+    fits = {key: key in own and own[key].shape == value.shape for key, value in state.items()}
+    state = {key: value for key, value in state.items() if fits[key] or not key.startswith(prefix)}
+    wrong = [key for key in state if key in own and not fits[key]]
+    missing, unexpected = [], []
+    if not wrong:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [key for key in missing if not key.startswith(prefix)]
+    if wrong or missing or unexpected:
+        raise InputError(
+            f"weights '{path}' do not fit model '{name}': {len(wrong)} keys of another shape (e.g. {wrong[:2]}), "
+            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
+            "were they saved from this model with the same options?"
+        )
+    return model

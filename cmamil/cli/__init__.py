@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("cmamil.cli.demo", "demo", "Run the whole pipeline on a synthetic cohort in a few minutes."),
     "evaluate": ("cmamil.cli.evaluate", "evaluate", "Evaluate a trained patch classifier: metrics, speed, overlays."),
     "plugins": ("cmamil.cli.plugins", "plugins", "List and check installed model and aggregator plugins."),
+    "models": ("cmamil.cli.models", "models", "Inspect patch models: parameters, MACs, input and feature size."),
     "tile": ("cmamil.cli.tile", "tile", "Find tissue and plan nested multi-magnification tiles for slides."),
     "train": ("cmamil.cli.train", "train", "Train a MIL aggregator on bags or a patch model on images, k-fold."),
     "report": ("cmamil.cli.report", "report", "Print a run's per-fold and mean ± std metrics and write its figures."),
