@@ -38,7 +38,8 @@ class DemoConfig:
     folds: int = 5
     epochs: int = 20
     model_options: dict[str, Any] = field(default_factory=lambda: {"cross_attention": "local"})
-    lr: float = 2e-4
+    lr: float = 1e-3
+    val_fraction: float = 0.2
     device: str = "auto"
     seed: int = 0
     compare: bool = False
@@ -121,7 +122,8 @@ def _train(
 
     return run_kfold(MILTrainConfig(
         model=model, features=features, labels=labels, out=run, folds=config.folds, epochs=config.epochs,
-        lr=config.lr, min_epochs=config.epochs // 2, patience=config.epochs, model_options=dict(options),
+        lr=config.lr, min_epochs=config.epochs // 2, patience=config.epochs, val_fraction=config.val_fraction,
+        model_options=dict(options),
         splits=splits, seed=config.seed, device=config.device, num_workers=0,
     ))
 

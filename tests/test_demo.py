@@ -1,0 +1,71 @@
+"""A reduced demo end to end: every artefact of every stage, and a rerun that reuses them."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cmamil.cohort import CohortConfig
+from cmamil.demo import DemoConfig, run_demo
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    config = DemoConfig(
+        out=out,
+        cohort=CohortConfig(n_slides=8, size_um=900.0, sites_per_slide=1, separation_um=100.0, seed=3),
+        folds=2,
+        epochs=2,
+        val_fraction=0.5,
+        tile_px=32,
+        device="cpu",
+        compare=True,
+    )
+    lines: list[str] = []
+    result = run_demo(config, echo=lines.append)
+    return config, result, lines
+
+
+def test_every_stage_leaves_its_artefacts(demo_run):
+    config, result, lines = demo_run
+    out = config.out
+    slides = sorted((out / "cohort" / "slides").glob("*.tiff"))
+    assert len(slides) == 8 and len(list((out / "cohort" / "truth").glob("*.png"))) == 8
+    assert (out / "cohort" / "labels.csv").read_text().splitlines()[0] == "slide_id,label,patient_id"
+    with h5py.File(out / "features" / "slide_000.h5") as f:
+        assert set(f) >= {"5x", "10x", "20x", "features", "coords"}
+        assert f["20x/features"].shape[0] == f["20x/parent"].shape[0] > f["5x/features"].shape[0]
+        assert f["20x/parent"][:].max() < f["10x/features"].shape[0]
+        assert f.attrs["encoder"] == "timm:resnet10t"
+    run = out / "runs" / "cma_mil"
+    assert (run / "config.yaml").is_file() and len(list((run / "splits").glob("fold_*.csv"))) == 2
+    for fold in range(2):
+        metrics = json.loads((run / f"fold_{fold}" / "metrics.json").read_text())
+        assert "auc" in metrics["test"]
+        assert (run / f"fold_{fold}" / "predictions.csv").is_file()
+    assert list((run / "figures").glob("*.png"))
+    events = EventAccumulator(str(run / "fold_0"))
+    events.Reload()
+    assert "val/auc" in events.Tags()["scalars"] or "val/loss" in events.Tags()["scalars"]
+    assert set(result["rows"]) == {"cma_mil (local)", "cma_mil (dense)", "abmil (20x only)", "abmil (all mags)",
+                                   "mean_pool"}
+    assert (out / "comparison.txt").read_text().splitlines()[0].split() == ["model", "auc", "balanced_accuracy",
+                                                                          "f1_macro"]
+    assert any(line.startswith("tensorboard --logdir") for line in lines)
+    assert lines[-1].startswith("total time:")
+
+
+def test_rerun_reuses_finished_stages(demo_run):
+    config, result, _ = demo_run
+    feature_file = config.out / "features" / "slide_000.h5"
+    checkpoint = config.out / "runs" / "cma_mil" / "fold_0" / "checkpoint.pt"
+    stamps = (feature_file.stat().st_mtime_ns, checkpoint.stat().st_mtime_ns)
+    again = run_demo(config, echo=lambda line: None)
+    assert (feature_file.stat().st_mtime_ns, checkpoint.stat().st_mtime_ns) == stamps
+    assert again["summary"]["mean_std"] == result["summary"]["mean_std"]
