@@ -17,8 +17,8 @@ __all__ = ["COMPARISON", "DemoConfig", "comparison_table", "run_demo"]
 
 # (row name, aggregator, model options) of the comparison, all trained on the demo's splits
 COMPARISON: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("cma_mil (local)", "cma_mil", {"cross_attention": "local"}),
-    ("cma_mil (dense)", "cma_mil", {"cross_attention": "dense"}),
+    ("cma_mil (local)", "cma_mil", {"cross_attention": "local", "attn_weighting": "exp_raw"}),
+    ("cma_mil (dense)", "cma_mil", {"cross_attention": "dense", "attn_weighting": "exp_raw"}),
     ("abmil (20x only)", "abmil", {"magnification": "20x"}),
     ("abmil (all mags)", "abmil", {"magnification": "all"}),
     ("mean_pool", "mean_pool", {}),
@@ -37,7 +37,9 @@ class DemoConfig:
     tile_px: int = 64
     folds: int = 5
     epochs: int = 20
-    model_options: dict[str, Any] = field(default_factory=lambda: {"cross_attention": "local"})
+    model_options: dict[str, Any] = field(
+        default_factory=lambda: {"cross_attention": "local", "attn_weighting": "exp_raw"}
+    )
     lr: float = 1e-3
     val_fraction: float = 0.2
     device: str = "auto"

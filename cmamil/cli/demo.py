@@ -48,7 +48,7 @@ def demo(out: Path, slides: int, signal: float, folds: int, epochs: int, cross_a
         cohort=CohortConfig(n_slides=slides, signal=signal, seed=seed),
         folds=folds,
         epochs=epochs,
-        model_options={"cross_attention": cross_attention},
+        model_options={"cross_attention": cross_attention, "attn_weighting": "exp_raw"},
         device=device,
         seed=seed,
         compare=compare,
