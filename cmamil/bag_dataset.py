@@ -10,7 +10,40 @@ from torch.utils.data import DataLoader, Dataset
 
 from cmamil.bag import Bag
 
-__all__ = ["BagDataset", "bag_loader"]
+__all__ = ["BagDataset", "FeatureScaler", "bag_loader", "fit_scaler"]
+
+
+class FeatureScaler:
+    """Per-magnification, per-dimension standardisation (x − mean) / std, fitted on training bags only."""
+
+    def __init__(self, mean: dict[str, torch.Tensor], std: dict[str, torch.Tensor]) -> None:
+        self.mean, self.std = mean, std
+
+    def __call__(self, bag: Bag) -> Bag:
+        features = {m: (x - self.mean[m]) / self.std[m] if m in self.mean else x for m, x in bag.features.items()}
+        return Bag(features, bag.coords, bag.parents, bag.bag_id)
+
+    def state(self) -> dict[str, dict[str, list[float]]]:
+        """Plain lists for a checkpoint's metadata."""
+        return {m: {"mean": self.mean[m].tolist(), "std": self.std[m].tolist()} for m in self.mean}
+
+
+def fit_scaler(dataset: "BagDataset", eps: float = 1e-6) -> FeatureScaler:
+    """Mean and standard deviation of every feature dimension over all instances of `dataset`, per magnification,
+    accumulated bag by bag in float64 (memory does not grow with the number of bags)."""
+    sums: dict[str, torch.Tensor] = {}
+    squares: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    for index in range(len(dataset)):
+        bag, _ = dataset[index]
+        for mag, x in bag.features.items():
+            x = x.double()
+            sums[mag] = sums.get(mag, 0) + x.sum(0)
+            squares[mag] = squares.get(mag, 0) + (x * x).sum(0)
+            counts[mag] = counts.get(mag, 0) + x.shape[0]
+    mean = {m: sums[m] / max(counts[m], 1) for m in sums}
+    std = {m: (squares[m] / max(counts[m], 1) - mean[m] ** 2).clamp_min(0).sqrt() + eps for m in sums}
+    return FeatureScaler({m: v.float() for m, v in mean.items()}, {m: v.float() for m, v in std.items()})
 
 
 class BagDataset(Dataset):
@@ -23,6 +56,7 @@ class BagDataset(Dataset):
         labels: Sequence[int],
         magnifications: tuple[str, ...] | None = None,
         ids: Sequence[str] | None = None,
+        scaler: FeatureScaler | None = None,
     ) -> None:
         if len(items) != len(labels) or (ids is not None and len(ids) != len(items)):
             raise ValueError("BagDataset needs one label (and id) per bag")
@@ -30,6 +64,7 @@ class BagDataset(Dataset):
         self.labels = [int(y) for y in labels]
         self.magnifications = magnifications
         self.ids = list(ids) if ids is not None else [_item_id(item) for item in self.items]
+        self.scaler = scaler
 
     def __len__(self) -> int:
         return len(self.items)
@@ -40,6 +75,8 @@ class BagDataset(Dataset):
             from cmamil.extract.store import read_bag
 
             item = read_bag(item, self.magnifications, bag_id=self.ids[index])
+        if self.scaler is not None:
+            item = self.scaler(item)
         return item, torch.tensor([self.labels[index]])
 
 

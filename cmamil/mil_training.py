@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from cmamil.atomic import write_json, write_text, write_yaml
 from cmamil.bag import aggregator_loss, create_aggregator
-from cmamil.bag_dataset import BagDataset, bag_loader
+from cmamil.bag_dataset import BagDataset, bag_loader, fit_scaler
 from cmamil.checkpoint import save_checkpoint
 from cmamil.early_stopping import EarlyStopping
 from cmamil.environment import environment_info, resolve_device, seed_everything
@@ -72,6 +72,7 @@ class MILTrainConfig:
     overwrite: bool = False
     progress: bool = True
     figures: bool = True
+    standardize: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -221,6 +222,10 @@ def train_fold(config: MILTrainConfig, table: LabelTable, split: Split, run_dir:
     folder = reset_fold(run_dir, split.fold)
     seed_everything(config.seed + split.fold, config.deterministic)
     parts = _datasets(table, split, table.magnifications)
+    if config.standardize:
+        scaler = fit_scaler(parts["train"])
+        for dataset in parts.values():
+            dataset.scaler = scaler
     model = create_aggregator(
         config.model, in_dim=table.in_dim, num_classes=len(table.class_names),
         magnifications=table.magnifications, **config.model_options,
@@ -247,6 +252,7 @@ def train_fold(config: MILTrainConfig, table: LabelTable, split: Split, run_dir:
         "model": config.model, "fold": split.fold, "epoch": result.best_epoch, "class_names": list(table.class_names),
         "in_dim": table.in_dim, "magnifications": list(table.magnifications),
         "model_options": dict(config.model_options),
+        "scaler": parts["train"].scaler.state() if config.standardize else None,
     }
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     save_checkpoint(folder / "checkpoint.pt", {"state_dict": state, "meta": meta})

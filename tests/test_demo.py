@@ -6,6 +6,7 @@ import json
 
 import h5py
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cmamil.cohort import CohortConfig
@@ -50,6 +51,8 @@ def test_every_stage_leaves_its_artefacts(demo_run):
         assert "auc" in metrics["test"]
         assert (run / f"fold_{fold}" / "predictions.csv").is_file()
     assert list((run / "figures").glob("*.png"))
+    meta = torch.load(run / "fold_0" / "checkpoint.pt", weights_only=True)["meta"]
+    assert set(meta["scaler"]) == {"5x", "10x", "20x"}  # standardised with the training bags' statistics
     events = EventAccumulator(str(run / "fold_0"))
     events.Reload()
     assert "val/auc" in events.Tags()["scalars"] or "val/loss" in events.Tags()["scalars"]

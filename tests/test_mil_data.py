@@ -140,3 +140,21 @@ def test_planted_cohort_files_round_trip(tmp_path):
     assert table.slide_ids == ("bag_000", "bag_001", "bag_002", "bag_003")
     assert table.labels == (0, 1, 0, 1) and table.patients[:2] == ("patient_000", "patient_000")
     assert table.magnifications == ("5x", "10x", "20x")
+
+
+def test_feature_scaler_by_hand():
+    from cmamil.bag import Bag
+    from cmamil.bag_dataset import BagDataset, fit_scaler
+
+    bags = [
+        Bag({"5x": torch.tensor([[1.0, 10.0], [3.0, 10.0]])}, bag_id="a"),
+        Bag({"5x": torch.tensor([[5.0, 10.0], [7.0, 10.0]])}, bag_id="b"),
+    ]
+    dataset = BagDataset(bags, [0, 1])
+    scaler = fit_scaler(dataset)
+    assert torch.allclose(scaler.mean["5x"], torch.tensor([4.0, 10.0]))
+    assert torch.allclose(scaler.std["5x"], torch.tensor([5.0**0.5, 0.0]), atol=1e-5)  # population std of 1,3,5,7
+    dataset.scaler = scaler
+    scaled, _ = dataset[1]
+    assert torch.allclose(scaled.features["5x"][:, 0], torch.tensor([1.0, 3.0]) / 5.0**0.5)
+    assert torch.all(scaled.features["5x"][:, 1] == 0)

@@ -20,7 +20,7 @@ from cmamil.errors import InputError
 
 __all__ = ["train", "train_options"]
 
-BAG_ONLY = ("labels", "magnifications", "splits")
+BAG_ONLY = ("labels", "magnifications", "splits", "standardize")
 PATCH_ONLY = (
     "group_by", "batch_size", "warmup_epochs", "clip_grad", "label_smoothing", "weighted_sampling",
     "augment", "mixup", "cutmix", "weights", "amp", "split_names", "input_px", "explain", "embeddings",
@@ -70,6 +70,9 @@ PATCH_ONLY = (
 @click.option("--splits", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
               help="[--features] Reuse splits: a folder of fold_K.csv (this tool's, or CLAM-style "
                    "train/val/test columns).")
+@click.option("--standardize", is_flag=True,
+              help="[--features] Standardise each feature dimension per magnification with the mean and std of "
+                   "the fold's training bags (helps with un-normalised encoders, e.g. random weights).")
 @click.option("--group-by", default=None,
               help="[--images] Regex whose first group (or named group 'patient') in a file name is the patient "
                    "id; images of one patient never straddle splits.")
