@@ -125,7 +125,6 @@ def _train(
     return run_kfold(MILTrainConfig(
         model=model, features=features, labels=labels, out=run, folds=config.folds, epochs=config.epochs,
         lr=config.lr, min_epochs=config.epochs // 2, patience=config.epochs, val_fraction=config.val_fraction,
-        standardize=True,
         model_options=dict(options),
         splits=splits, seed=config.seed, device=config.device, num_workers=0,
     ))
