@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
+from cmamil.cli.train import BAG_ONLY
+
 __all__ = ["PATCH_DEFAULTS", "echo_metrics", "patch_config", "run_patches"]
 
 # the patch protocol's values for options whose default differs between bag and patch training
 PATCH_DEFAULTS = {"epochs": 100, "lr": 3e-4, "weight_decay": 0.05, "optimizer": "adamw", "monitor": "f1_macro"}
-# options of `cmamil train` that only bag training reads
-BAG_OPTIONS = ("labels", "magnifications", "splits")
 
 
 def patch_config(images: tuple[Path, ...], **options: Any):
@@ -22,7 +22,7 @@ def patch_config(images: tuple[Path, ...], **options: Any):
     for key, value in PATCH_DEFAULTS.items():
         if options.get(key) is None:
             options[key] = value
-    for key in BAG_OPTIONS:
+    for key in BAG_ONLY:
         options.pop(key, None)
     names = options.pop("split_names", None)
     if names:
