@@ -2,7 +2,7 @@
 
 Each model runs in its own subprocess, so peak memory is that model's alone: CUDA max allocated on a GPU, and
 on CPU the rise of the process's peak RSS over its level after imports (weights plus the batch-32 pass).
-Latency and throughput come from `cmamil.patch_evaluation.measure_speed` (the figures `cmamil evaluate`
+Latency and throughput come from `cmamil.evaluation.speed.measure_speed` (the figures `cmamil evaluate`
 reports: eval mode, no grad, float32); MACs from torch.utils.flop_counter (FLOPs / 2).
 
     python benchmarks/models.py --device cpu --threads 1 --repeats 4 --model-option s4d:patch_size=4
@@ -39,7 +39,7 @@ def measure(name: str, args: argparse.Namespace, options: dict[str, object]) -> 
     from cmamil import registry
     from cmamil.environment import peak_memory_mb
     from cmamil.models import count_macs, count_parameters, create_model
-    from cmamil.patch_evaluation import measure_speed
+    from cmamil.evaluation.speed import measure_speed
 
     device = torch.device(args.device)
     if args.threads:

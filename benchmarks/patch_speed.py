@@ -13,7 +13,7 @@ import torch
 
 from cmamil.environment import resolve_device
 from cmamil.models import count_parameters, create_model
-from cmamil.patch_evaluation import measure_speed
+from cmamil.evaluation.speed import measure_speed
 
 
 def main() -> None:

@@ -27,6 +27,12 @@ class FeatureScaler:
         """Plain lists for a checkpoint's metadata."""
         return {m: {"mean": self.mean[m].tolist(), "std": self.std[m].tolist()} for m in self.mean}
 
+    @classmethod
+    def from_state(cls, state: dict[str, dict[str, list[float]]]) -> FeatureScaler:
+        """The scaler saved by `state`."""
+        return cls({m: torch.tensor(v["mean"]) for m, v in state.items()},
+                   {m: torch.tensor(v["std"]) for m, v in state.items()})
+
 
 def fit_scaler(dataset: "BagDataset", eps: float = 1e-6) -> FeatureScaler:
     """Mean and standard deviation of every feature dimension over all instances of `dataset`, per magnification,
@@ -86,13 +92,23 @@ def _item_id(item: Path | Bag) -> str:
     return item.parent.name if item.stem == "features" else item.stem
 
 
-def bag_loader(dataset: BagDataset, *, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
-    """One bag per step (no batching); a seeded order when shuffling, workers reading files ahead."""
+def bag_loader(
+    dataset: BagDataset, *, shuffle: bool, seed: int = 0, num_workers: int = 0, balanced: bool = False
+) -> DataLoader:
+    """One bag per step (no batching), workers reading files ahead (and kept between epochs).
+
+    When shuffling, the order comes from `loader.generator` (seeded with `seed`; reseed it per epoch for a
+    repeatable order); `balanced` draws bags with replacement, every class equally likely.
+    """
+    from cmamil.training.sampling import class_balanced_sampler
+
     generator = torch.Generator().manual_seed(seed) if shuffle else None
+    sampler = class_balanced_sampler(dataset.labels, generator) if shuffle and balanced else None
     return DataLoader(
         dataset,
         batch_size=None,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         generator=generator,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,

@@ -4,7 +4,7 @@ For sets such as 100× and 400× (each with training/ validation/ testing/ class
 trained per set (and one on their union with `mixed`), each is evaluated on every set's test split, and
 the Train × Test macro-F1 matrix is summarised: in-domain mean (diagonal), cross-domain mean (mean of
 the off-diagonal cells), and the directional asymmetry F1(A→B) − F1(B→A) of every pair. Output:
-  train_<set>/ (and train_mixed/)        ordinary run folders (see cmamil.patch_training)
+  train_<set>/ (and train_mixed/)        ordinary run folders with one fold (see cmamil.training.run_folder)
   cells/<train>__<test>/                 the evaluation of one model on one test split
   matrix_f1_macro.csv / .png, matrix_accuracy.csv, crossmag.json, crossmag.md
 Finished trainings and cells are reused on rerun; a cell is redone when its model was retrained.
@@ -24,7 +24,8 @@ import numpy as np
 
 from cmamil.atomic import write_csv, write_json, write_text, write_yaml
 from cmamil.errors import InputError
-from cmamil.patch_training import PatchTrainConfig, train_patches
+from cmamil.training.config import PatchTrainConfig
+from cmamil.training.runner import run_training
 
 __all__ = ["MIXED", "CrossMagConfig", "matrix_summary", "run_crossmag"]
 
@@ -62,8 +63,11 @@ class CrossMagConfig:
 def run_crossmag(config: CrossMagConfig) -> dict[str, Any]:
     """Train on every set (and the union), evaluate every model on every test split, write the matrix."""
     from cmamil.environment import resolve_device
+    from cmamil.evaluation.evaluate import evaluate_trained
     from cmamil.image_folders import read_split
-    from cmamil.patch_evaluation import evaluate_model, load_trained_model
+    from cmamil.training.patches import ImagePart
+    from cmamil.training.run_folder import RunFolder
+    from cmamil.training.trained import load_trained
 
     out = config.out
     roots = dict(config.sets)
@@ -78,17 +82,20 @@ def run_crossmag(config: CrossMagConfig) -> dict[str, Any]:
     for i, (train_name, images) in enumerate(trainings.items()):
         run = out / f"train_{train_name}"
         log.info("crossmag: training on %s", train_name)
-        train_patches(dataclasses.replace(config.training, images=images, out=run))
+        run_training(dataclasses.replace(config.training, images=images, out=run))
+        checkpoint = RunFolder(run).checkpoints()[0]
         trained = None
         for j, (test_name, root) in enumerate(roots.items()):
             cell = out / "cells" / f"{train_name}__{test_name}"
             done = cell / "metrics.json"
-            if done.is_file() and done.stat().st_mtime >= (run / "best.pt").stat().st_mtime:
+            if done.is_file() and done.stat().st_mtime >= checkpoint.stat().st_mtime:
                 metrics = json.loads(done.read_text())
             else:
-                trained = trained or load_trained_model(run, device)
-                metrics = evaluate_model(
-                    trained, read_split(root, "test", trained.class_names), cell, device=device,
+                trained = trained or load_trained(checkpoint, device)
+                tested = read_split(root, "test", trained.class_names)
+                part = ImagePart(tested, trained.prepare, tuple(map(str, tested.paths)))
+                metrics = evaluate_trained(
+                    trained, part, cell, device=device,
                     batch_size=config.training.batch_size, num_workers=config.training.num_workers,
                     amp=config.training.amp, title=f"train {train_name} → test {test_name}",
                     extra={"train_set": train_name, "test_set": test_name},
@@ -131,7 +138,7 @@ def matrix_summary(matrix: np.ndarray, rows: list[str], cols: list[str]) -> dict
 
 def _write_outputs(out: Path, summary: dict[str, Any], f1: np.ndarray, accuracy: np.ndarray,
                    rows: list[str], cols: list[str]) -> None:
-    from cmamil.figures import plot_matrix, save_figure
+    from cmamil.evaluation.figures import plot_matrix, save_figure
 
     for name, values in (("f1_macro", f1), ("accuracy", accuracy)):
         write_csv(out / f"matrix_{name}.csv", ["train \\ test", *cols],

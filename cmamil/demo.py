@@ -59,8 +59,8 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     from cmamil.extract.features import ExtractConfig, extract_slides
     from cmamil.extract.grid import TilingConfig
     from cmamil.extract.resolution import parse_magnifications
-    from cmamil.kfold import format_summary
-    from cmamil.report import report_run
+    from cmamil.evaluation.report import report_run
+    from cmamil.training.summary import format_summary
 
     start = time.perf_counter()
     out = config.out
@@ -120,9 +120,10 @@ def _train(
     splits: Path | None = None,
 ) -> dict[str, Any]:
     """One k-fold run of `model` (finished folds are skipped)."""
-    from cmamil.mil_training import MILTrainConfig, run_kfold
+    from cmamil.training.config import BagTrainConfig
+    from cmamil.training.runner import run_training
 
-    return run_kfold(MILTrainConfig(
+    return run_training(BagTrainConfig(
         model=model, features=features, labels=labels, out=run, folds=config.folds, epochs=config.epochs,
         lr=config.lr, min_epochs=config.epochs // 2, patience=config.epochs, val_fraction=config.val_fraction,
         model_options=dict(options),

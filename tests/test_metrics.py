@@ -10,9 +10,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from cmamil.atomic import atomic_path, write_json
-from cmamil.figures import plot_confusion_matrix, save_figure
-from cmamil.metrics import classification_metrics, summarize_folds
-from cmamil.tblog import log_evaluation, log_hparams
+from cmamil.evaluation.figures import plot_confusion_matrix, save_figure
+from cmamil.evaluation.metrics import classification_metrics, summarize_folds
+from cmamil.training.tblog import log_evaluation, log_hparams
 
 Y = [0, 1, 1, 0, 1]
 P = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.9, 0.1], [0.2, 0.8]])

@@ -11,35 +11,49 @@ from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from torch.utils.tensorboard import SummaryWriter
+
 from cmamil.bag import create_aggregator
-from cmamil.bag_dataset import BagDataset, bag_loader
-from cmamil.checkpoint import load_checkpoint
 from cmamil.cli import main
 from cmamil.environment import seed_everything
 from cmamil.errors import InputError
 from cmamil.extract.store import read_bag
-from cmamil.mil_training import MILTrainConfig, evaluate, fit, run_kfold
-from cmamil.splits import load_splits, make_splits
-from cmamil.synthetic_bags import PlantedSignal, planted_cohort, write_planted_cohort
+from cmamil.synthetic_bags import PlantedSignal, write_planted_cohort
+from cmamil.training.bags import BagTask
+from cmamil.training.checkpoint import load_checkpoint
+from cmamil.training.config import BagTrainConfig
+from cmamil.training.loop import fit
+from cmamil.training.runner import run_training
+from cmamil.training.splits import Split, load_splits, make_splits
 
-MAGS = ("5x", "10x", "20x")
 
 
 @pytest.mark.slow
-def test_attention_models_learn_a_sparse_signal_that_mean_pooling_misses():
+def test_attention_models_learn_a_sparse_signal_that_mean_pooling_misses(tmp_path):
     # 3 of 64 tiles at 20x shifted in positive bags; 4 coarse tiles per bag
-    bags, labels = planted_cohort(64, dim=8, n_coarse=4, signal=PlantedSignal("20x", tiles=3, shift=5.0), seed=1)
-    train, val = BagDataset(bags[:40], labels[:40]), BagDataset(bags[40:], labels[40:])
-    config = MILTrainConfig(model="-", epochs=6, lr=3e-3, patience=2, min_epochs=0, device="cpu",
-                            num_workers=0, progress=False)
+    labels = write_planted_cohort(tmp_path / "feats", 65, dim=8, n_coarse=4,
+                                  signal=PlantedSignal("20x", tiles=3, shift=5.0), seed=1)
+    ids = tuple(pd.read_csv(labels)["slide_id"])
+    split = Split(0, ids[:40], ids[40:64], ids[64:])  # the one test bag is not used here
+    device = torch.device("cpu")
     best = {}
     for name in ("cma_mil", "abmil", "mean_pool"):
+        config = BagTrainConfig(model=name, features=tmp_path / "feats", labels=labels, out=tmp_path / name,
+                                epochs=6, lr=3e-3, patience=2, min_epochs=0, device="cpu", num_workers=0,
+                                progress=False, model_options={"dim": 32})
+        task = BagTask(config)
+        data = task.fold_data(split)
         seed_everything(0)
-        model = create_aggregator(name, in_dim=8, num_classes=2, magnifications=MAGS, dim=32)
-        result = fit(model, train, val, config, ("negative", "positive"))
+        folder = tmp_path / name / "fold_0"
+        folder.mkdir(parents=True)
+        meta = {"kind": "bags", "model": name, "model_options": {"dim": 32}, "class_names": ["negative", "positive"],
+                **task.checkpoint_meta(data)}
+        with SummaryWriter(folder) as writer:
+            result = fit(task, data, task.build_model(), config, folder, writer, device, meta)
         best[name] = max(row["val_auc"] for row in result.history)
-        assert result.history[result.best_epoch]["val_auc"] == best[name]  # the kept weights are the best epoch's
-        kept = evaluate(result.model, bag_loader(val, shuffle=False), torch.device("cpu"))
+        # the kept weights are the best epoch's
+        assert result.history[result.best_epoch - 1]["val_auc"] == best[name]
+        kept = task.predict(result.model, data.val, device, False)
         assert kept.metrics(("negative", "positive"))["auc"] == pytest.approx(best[name])
     assert best["cma_mil"] >= 0.9, best
     assert best["abmil"] >= 0.9, best
@@ -55,18 +69,18 @@ def planted_files(tmp_path):
     return folder, labels
 
 
-def _config(folder, labels, out, **changes) -> MILTrainConfig:
+def _config(folder, labels, out, **changes) -> BagTrainConfig:
     options = dict(model="abmil", features=folder, labels=labels, out=out, folds=2, epochs=2, val_fraction=0.5,
                    min_epochs=0, model_options={"dim": 8, "attn_dim": 4}, device="cpu", num_workers=0,
                    progress=False, figures=False)
-    return MILTrainConfig(**{**options, **changes})
+    return BagTrainConfig(**{**options, **changes})
 
 
 @pytest.mark.slow
 def test_kfold_run_writes_the_run_folder_tensorboard_and_loadable_checkpoints(planted_files, tmp_path):
     folder, labels = planted_files
     run = tmp_path / "runs" / "abmil"
-    summary = run_kfold(_config(folder, labels, run, figures=True))
+    summary = run_training(_config(folder, labels, run, figures=True))
     assert [row["fold"] for row in summary["folds"]] == [0, 1]
     assert set(summary["mean_std"]) == {"auc", "accuracy", "balanced_accuracy", "f1_macro"}
     for name in ("config.yaml", "summary.json", "summary.csv", "splits/fold_0.csv", "splits/fold_1.csv",
@@ -79,20 +93,21 @@ def test_kfold_run_writes_the_run_folder_tensorboard_and_loadable_checkpoints(pl
         metrics = json.loads((run / f"fold_{fold}" / "metrics.json").read_text())
         assert metrics["test"]["n"] == 6 and len(metrics["test"]["confusion_matrix"]) == 2
         predictions = pd.read_csv(run / f"fold_{fold}" / "predictions.csv")
-        assert list(predictions.columns) == ["slide_id", "patient_id", "label", "label_name", "pred", "pred_name",
-                                             "prob_negative", "prob_positive"]
+        assert list(predictions.columns) == ["id", "patient_id", "label", "prediction", "prob_negative",
+                                             "prob_positive"]
         assert predictions[["prob_negative", "prob_positive"]].sum(axis=1).round(5).eq(1).all()
-        tested += list(predictions["slide_id"])
+        tested += list(predictions["id"])
         # the checkpoint loads safely and reproduces the saved test probabilities
         checkpoint = load_checkpoint(run / f"fold_{fold}" / "checkpoint.pt")
-        meta = checkpoint["meta"]
+        meta = checkpoint
+        assert meta["kind"] == "bags" and meta["class_names"] == ["negative", "positive"]
         model = create_aggregator(meta["model"], in_dim=meta["in_dim"], num_classes=2,
                                   magnifications=tuple(meta["magnifications"]), **meta["model_options"])
         model.load_state_dict(checkpoint["state_dict"])
         model.eval()
         row = predictions.iloc[0]
         with torch.no_grad():
-            probs = torch.softmax(model(read_bag(folder / f"{row.slide_id}.h5")).logits, dim=1)[0]
+            probs = torch.softmax(model(read_bag(folder / f"{row.id}.h5")).logits, dim=1)[0]
         assert probs[1].item() == pytest.approx(row.prob_positive, abs=1e-5)
         # TensorBoard: per-epoch scalars, learning rate, confusion matrix image, PR curves, hparams
         events = EventAccumulator(str(run / f"fold_{fold}"), size_guidance={"tensors": 0}).Reload()
@@ -112,23 +127,23 @@ def test_kfold_run_writes_the_run_folder_tensorboard_and_loadable_checkpoints(pl
 def test_finished_folds_are_skipped_on_rerun_and_changed_options_refused(planted_files, tmp_path):
     folder, labels = planted_files
     run = tmp_path / "run"
-    run_kfold(_config(folder, labels, run))
+    run_training(_config(folder, labels, run))
     fold0 = run / "fold_0" / "metrics.json"
     fold1 = run / "fold_1" / "metrics.json"
     stamp0 = fold0.stat().st_mtime_ns
     checkpoint0 = (run / "fold_0" / "checkpoint.pt").read_bytes()
     fold1.unlink()  # as if the run had been interrupted during fold 1
-    summary = run_kfold(_config(folder, labels, run, device="cpu", num_workers=1))
+    summary = run_training(_config(folder, labels, run, device="cpu", num_workers=1))
     assert fold0.stat().st_mtime_ns == stamp0
     assert (run / "fold_0" / "checkpoint.pt").read_bytes() == checkpoint0
     assert fold1.is_file() and len(summary["folds"]) == 2
     with pytest.raises(InputError, match=r"was trained with other options \(lr: 0.0002 → 0.001\)"):
-        run_kfold(_config(folder, labels, run, lr=1e-3))
-    run_kfold(_config(folder, labels, run, lr=1e-3, overwrite=True))
+        run_training(_config(folder, labels, run, lr=1e-3))
+    run_training(_config(folder, labels, run, lr=1e-3, overwrite=True))
     assert fold0.stat().st_mtime_ns != stamp0
     # given splits are reused as they are (another seed would split differently)
     reuse = tmp_path / "reuse"
-    run_kfold(_config(folder, labels, reuse, seed=5, splits=run / "splits"))
+    run_training(_config(folder, labels, reuse, seed=5, splits=run / "splits"))
     assert load_splits(reuse / "splits") == load_splits(run / "splits")
     assert make_splits([f"bag_{i:03d}" for i in range(12)], [i % 2 for i in range(12)],
                        [f"patient_{i // 2:03d}" for i in range(12)], folds=2, val_fraction=0.5, seed=5) \

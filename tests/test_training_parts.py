@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cmamil.checkpoint import load_checkpoint, save_checkpoint
-from cmamil.early_stopping import EarlyStopping
+from cmamil.training.checkpoint import load_checkpoint, save_checkpoint
+from cmamil.training.early_stopping import EarlyStopping
 from cmamil.errors import InputError
 from cmamil.image_folders import find_split_folders, patient_groups, read_class_folders, read_split
 from cmamil.models import DataConfig
 from cmamil.preprocessing import BatchMixer, eval_transform, train_transform
-from cmamil.splits import assign_folds, holdout_mask
+from cmamil.training.splits import assign_folds, holdout_mask
 
 
 def test_folds_partition_stratify_and_keep_groups_together():

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from cmamil.cli.train import train_options
+from cmamil.cli.options import config_options, given_options, option
+from cmamil.training.config import PatchTrainConfig
 
 __all__ = ["crossmag"]
-
-TRAINING_OPTIONS = (
-    "epochs", "lr", "weight_decay", "optimizer", "monitor", "patience", "min_epochs", "val_fraction",
-    "model_options", "seed", "deterministic", "device", "num_workers", "overwrite", "group_by", "split_names",
-    "batch_size", "weights", "warmup_epochs", "clip_grad", "label_smoothing", "weighted_sampling", "augment",
-    "mixup", "cutmix", "amp", "input_px", "explain", "embeddings",
-)
 
 
 def _sets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
@@ -31,17 +26,15 @@ def _sets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
     return tuple(parsed)
 
 
-@train_options(*TRAINING_OPTIONS)
 @click.command(context_settings={"show_default": True})
-@click.option("--model", required=True,
-              help="Registered patch model (deit_small, swin_tiny, fadeformer, mscvit_t, s4d, timm:<arch>, …).")
+@option("model", required=True)
 @click.option("--set", "sets", multiple=True, required=True, callback=_sets, metavar="NAME=ROOT",
               help="A named image set with training/ validation/ testing/ class folders; repeat for each "
                    "magnification (at least two).")
 @click.option("--mixed", is_flag=True, help="Also train one model on the union of all sets' training images.")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Study folder: one run folder per training set, the cells, and the matrix.")
-def crossmag(model: str, sets: tuple[tuple[str, Path], ...], mixed: bool, out: Path, **options: object) -> None:
+@option("out", required=True, help="Study folder: one run folder per training set, the cells, and the matrix.")
+@config_options(PatchTrainConfig, skip=("model", "out", "images", "folds"))
+def crossmag(model: str, sets: tuple[tuple[str, Path], ...], mixed: bool, out: Path, **options: Any) -> None:
     """Train on every magnification set and test on every set (MagFusion's cross-magnification study).
 
     \b
@@ -51,10 +44,12 @@ def crossmag(model: str, sets: tuple[tuple[str, Path], ...], mixed: bool, out: P
       cmamil crossmag --model deit_small --set 100x=breakhis_100x --set 400x=breakhis_400x --mixed \\
           --out runs/deit_crossmag
     """
-    from cmamil.cli.train_patches import patch_config
+    from cmamil.cli.train import build_config
     from cmamil.crossmag import CrossMagConfig, run_crossmag
 
-    training = patch_config(tuple(root for _, root in sets), model=model, out=out, folds=None, **options)
+    given = given_options(click.get_current_context(), options)
+    training = build_config(PatchTrainConfig, {**given, "model": model, "out": out,
+                                               "images": tuple(root for _, root in sets)}, "crossmag")
     run_crossmag(CrossMagConfig(sets=sets, training=training, mixed=mixed))
     click.echo(f"study folder: {out}")
     click.echo((out / "crossmag.md").read_text().rstrip())

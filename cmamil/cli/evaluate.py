@@ -1,4 +1,4 @@
-"""`cmamil evaluate`: score a trained patch classifier on an image split, with speed, overlays and embeddings."""
+"""`cmamil evaluate`: score every fold of a trained run (bags or patches) on new labelled data."""
 
 from __future__ import annotations
 
@@ -6,40 +6,51 @@ from pathlib import Path
 
 import click
 
-from cmamil.cli.train import train_options
+from cmamil.cli.options import option
 
 __all__ = ["evaluate"]
 
 
-@train_options("batch_size", "device", "num_workers", "amp", "explain", "embeddings")
 @click.command(context_settings={"show_default": True})
 @click.argument("run", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option("--images", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True,
-              help="Image root with split folders (training/ validation/ testing/ or train/ val/ test/) of class "
-                   "folders, or a class-folder tree.")
+@option("images", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+        help="[patch runs] Image root with split folders (training/ validation/ testing/ or train/ val/ test/) "
+             "of class folders, or a class-folder tree.")
 @click.option("--split", default="testing",
-              help="Split folder to evaluate (testing = test, validation = val); a root without split folders "
-                   "is used whole.")
+              help="[patch runs] Split folder to evaluate (testing = test, validation = val); a root without split "
+                   "folders is used whole.")
+@option("features", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+        help="[bag runs] Folder of per-bag feature files made with the run's encoder.")
+@option("labels", default=None, help="[bag runs] CSV with slide_id,label[,patient_id] for the bags to evaluate.")
+@click.option("--fold", type=click.IntRange(min=0), default=None, help="Evaluate this fold only [default: every fold].")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Evaluation folder [default: RUN/evaluate/<images name>-<split>].")
+              help="Evaluation folder [default: RUN/evaluate/<images name>-<split> or RUN/evaluate/<features name>].")
+@option("batch_size", default=32)
+@option("device", default="auto")
+@option("num_workers", default=2)
+@option("amp", default=True)
 @click.option("--benchmark/--no-benchmark", default=True,
-              help="Measure latency (ms/image at batch 1), throughput (images/s at --batch-size) and peak memory.")
+              help="[patch runs] Measure latency (ms/image at batch 1), throughput (images/s at --batch-size) and "
+                   "peak memory.")
+@option("explain", default=8)
 @click.option("--positive-class", default=None,
-              help="Class whose true/false positives and false negatives are explained [default: the last class].")
-def evaluate(run: Path, images: Path, **options: object) -> None:
-    """Evaluate a trained patch classifier (a run folder, or each fold of a k-fold run).
+              help="[patch runs] Class whose true/false positives and false negatives are explained "
+                   "[default: the last class].")
+@option("embeddings", default=500)
+def evaluate(run: Path, **options: object) -> None:
+    """Evaluate a trained run (each finished fold) on new labelled images or feature files.
 
     \b
-    Writes metrics.json/.csv, per_class.csv, predictions.csv, confusion matrix, ROC and PR curves,
-    saliency overlays (explain/) and projector embeddings (projector/).
+    Writes predictions.csv, metrics.json/.csv, per_class.csv, confusion matrix, ROC and PR curves; for patch
+    models also speed, saliency overlays (explain/) and projector embeddings (projector/).
     Examples:
       cmamil evaluate runs/deit_100x --images breakhis_400x/ --split testing
-      tensorboard --logdir runs/deit_100x/evaluate
+      cmamil evaluate runs/cma --features feats_external/ --labels external.csv
     """
-    from cmamil.cli.train_patches import echo_metrics
-    from cmamil.patch_evaluation import EvaluateConfig, evaluate_run
+    from cmamil.cli.train import echo_metrics
+    from cmamil.evaluation.evaluate import EvaluateConfig, evaluate_run
 
-    config = EvaluateConfig(run=run, images=images, **options)
+    config = EvaluateConfig(run=run, **options)
     result = evaluate_run(config)
     click.echo(f"evaluation folder: {config.out_folder}")
     echo_metrics(result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cmamil.cli.train import train_options
+from cmamil.cli.options import option
 
 __all__ = ["models"]
 
@@ -14,9 +14,9 @@ def models() -> None:
     """Inspect patch models: parameters, MACs, input size and embedding size."""
 
 
-@train_options("model_options")
 @models.command("info")
 @click.argument("name")
+@option("model_options")
 @click.option(
     "--input-size",
     type=click.IntRange(min=1),

@@ -111,3 +111,141 @@ def tiling_options(func: Callable) -> Callable:
                      help="Tissue fraction a tile needs to be kept: one value, or one per magnification coarse to "
                           "fine (0.1,0.25,0.5). Ancestors of kept tiles are always kept."),
     )(wrapper)
+
+
+def _choice(*names: str) -> click.Choice:
+    return click.Choice(list(names))
+
+
+# every option shared by several commands, or derived from a config field, defined once: flags and help
+SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "model": (("--model",), {"help": "Registered aggregator (with --features: cma_mil, abmil, clam_sb, mean_pool) "
+                                     "or patch model (with --images: deit_small, swin_tiny, mscvit_t, s4d, "
+                                     "timm:<arch>)."}),
+    "out": (("--out",), {"type": click.Path(path_type=Path, file_okay=False),
+                         "help": "Run folder (config, splits, per-fold checkpoints, metrics, TensorBoard events, "
+                                 "figures)."}),
+    "features": (("--features",), {"type": click.Path(path_type=Path, file_okay=False),
+                                   "help": "Folder of per-bag feature files from `cmamil extract` (bag training)."}),
+    "labels": (("--labels",), {"type": click.Path(path_type=Path, dir_okay=False, exists=True),
+                               "help": "CSV with slide_id,label[,patient_id]; patients never straddle folds."}),
+    "images": (("--images",), {"type": click.Path(path_type=Path, file_okay=False),
+                               "help": "Image root: training/ validation/ testing/ (or train/ val/ test/) class "
+                                       "folders, or a flat class-folder tree with --folds (patch training)."}),
+    "folds": (("--folds",), {"type": click.IntRange(min=2),
+                             "help": "Cross-validation folds (with --images: the split folders are used unless "
+                                     "--folds is set)."}),
+    "epochs": (("--epochs",), {"type": click.IntRange(min=1), "help": "Maximum epochs."}),
+    "lr": (("--lr",), {"type": float, "help": "Learning rate (peak, after warm-up)."}),
+    "weight_decay": (("--weight-decay",), {"type": float,
+                                           "help": "Weight decay (none on norms, biases and tokens)."}),
+    "optimizer": (("--optimizer",), {"type": _choice("adam", "adamw", "sgd"), "help": "Optimiser."}),
+    "scheduler": (("--scheduler",), {"type": _choice("constant", "cosine"),
+                                     "help": "Learning-rate schedule after the warm-up: constant, or cosine decay "
+                                             "to zero."}),
+    "warmup_epochs": (("--warmup-epochs",), {"type": click.IntRange(min=0),
+                                             "help": "Linear learning-rate warm-up (epochs)."}),
+    "clip_grad": (("--clip-grad",), {"type": click.FloatRange(min=0), "help": "Gradient-norm clipping (0: off)."}),
+    "amp": (("--amp/--no-amp",), {"help": "Mixed precision on CUDA (ignored on CPU)."}),
+    "weighted_sampling": (("--weighted-sampling/--no-weighted-sampling",),
+                          {"help": "Draw training items with every class equally likely."}),
+    "monitor": (("--monitor",), {"type": _choice("auc", "f1_macro", "balanced_accuracy", "accuracy", "loss"),
+                                 "help": "Validation metric for early stopping and the best checkpoint."}),
+    "patience": (("--patience",), {"type": click.IntRange(min=1),
+                                   "help": "Stop after this many epochs without improvement of --monitor."}),
+    "min_epochs": (("--min-epochs",), {"type": click.IntRange(min=0), "help": "Never stop early before this epoch."}),
+    "val_fraction": (("--val-fraction",), {"type": click.FloatRange(0.0, 0.9),
+                                           "help": "Share of each fold's training part held out for validation."}),
+    "model_options": (("--model-option", "model_options"), {
+        "multiple": True, "callback": key_values, "metavar": "KEY=VALUE",
+        "help": "Option passed to the model factory, repeatable (e.g. --model-option cross_attention=local)."}),
+    "seed": (("--seed",), {"type": int, "help": "Random seed (splits, initialisation, sampling, random weights)."}),
+    "deterministic": (("--deterministic/--no-deterministic",),
+                      {"help": "Ask torch for deterministic kernels (slower)."}),
+    "device": (("--device",), {"type": _choice("auto", "cpu", "cuda"), "help": "auto uses CUDA when a GPU is visible."}),
+    "num_workers": (("--num-workers",), {"type": click.IntRange(min=0), "help": "DataLoader worker processes."}),
+    "overwrite": (("--overwrite",), {"is_flag": True,
+                                     "help": "Redo finished work (folds, files) instead of skipping it."}),
+    "progress": (("--progress/--no-progress",), {"help": "Progress bars on a terminal."}),
+    "figures": (("--figures/--no-figures",), {"help": "Write the run's figures when training ends."}),
+    "magnifications": (("--magnifications",), {
+        "help": "Comma-separated magnifications to use, e.g. 5,10,20 or 5x,20x or 2um [default: all in the "
+                "files]."}),
+    "splits": (("--splits",), {"type": click.Path(path_type=Path, file_okay=False, exists=True),
+                               "help": "Reuse splits: a folder of fold_K.csv (id,split; this tool's) or "
+                                       "CLAM-style splits_K.csv (train,val,test columns)."}),
+    "standardize": (("--standardize/--no-standardize",), {
+        "help": "Standardise each feature dimension per magnification with the mean and std of the fold's "
+                "training bags (helps un-normalised encoders, e.g. random weights)."}),
+    "group_by": (("--group-by",), {"help": "Regex whose first group (or named group 'patient') in a file name is "
+                                            "the patient id; a patient's images never straddle splits."}),
+    "split_names": (("--split-names",), {"help": "Comma-separated train,val,test folder names "
+                                                  "[default: auto-detect]."}),
+    "batch_size": (("--batch-size",), {"type": click.IntRange(min=1), "help": "Images per batch."}),
+    "label_smoothing": (("--label-smoothing",), {"type": click.FloatRange(0.0, 0.5), "help": "Label smoothing."}),
+    "augment": (("--augment",), {"type": _choice("none", "basic", "strong"),
+                                 "help": "none; basic = flips + 90° rotations; strong = basic + colour jitter + "
+                                         "random erasing."}),
+    "mixup": (("--mixup",), {"type": click.FloatRange(0.0), "help": "Mixup alpha (0: off)."}),
+    "cutmix": (("--cutmix",), {"type": click.FloatRange(0.0), "help": "CutMix alpha (0: off)."}),
+    "input_px": (("--input-px",), {"type": click.IntRange(min=8),
+                                   "help": "Resize inputs to this square size instead of the model's input size."}),
+    "weights": (("--weights",), {"help": "Initial weights: a local .pth/.safetensors file, or 'hub' to download."}),
+    "explain": (("--explain",), {"type": click.IntRange(min=0),
+                                 "help": "Grad-CAM / attention-rollout overlays per group (TP, FP, FN) of the test "
+                                         "set (0: none)."}),
+    "embeddings": (("--embeddings",), {"type": click.IntRange(min=0),
+                                       "help": "Test images whose embeddings go to TensorBoard's projector (0: none)."}),
+}
+
+
+def option(name: str, **overrides: Any) -> Callable:
+    """The click option `name` as defined once in SHARED, with a command's own default or other settings."""
+    declarations, settings = SHARED[name]
+    return click.option(*declarations, **{**settings, **overrides})
+
+
+def config_options(*config_classes: type, skip: tuple[str, ...] = ()) -> Callable:
+    """Options for every field of the given training config classes, defaults and applicability derived from them.
+
+    A field of only some classes is marked with their kind ("[bags]"); a default that differs between
+    classes is shown per kind. The click default is the shared default, or None where the kinds differ (the
+    command then leaves the field to the config class).
+    """
+    from cmamil.training.config import config_fields
+
+    defaults = {cls.KIND: config_fields(cls) for cls in config_classes}
+    names = list(dict.fromkeys(name for fields in defaults.values() for name in fields if name not in skip))
+    decorators = []
+    for name in names:
+        kinds = [kind for kind, fields in defaults.items() if name in fields]
+        values = {kind: defaults[kind][name] for kind in kinds}
+        shared = len({repr(v) for v in values.values()}) == 1
+        help_text = SHARED[name][1]["help"]
+        if len(kinds) < len(config_classes):
+            help_text = f"[{', '.join(kinds)}] {help_text}"
+        if not shared:
+            help_text += " [default: " + " / ".join(f"{_shown(v)} ({k})" for k, v in values.items()) + "]"
+        default = next(iter(values.values())) if shared else None
+        if name == "model_options":
+            decorators.append(option(name))
+        elif SHARED[name][1].get("is_flag") or "/" in SHARED[name][0][0]:
+            decorators.append(option(name, default=default, help=help_text, show_default=shared))
+        else:
+            shown = shared and default is not None and not isinstance(default, tuple)
+            decorators.append(option(name, default=_cli_value(default) if shared else None, help=help_text,
+                                     show_default=shown))
+    return _options(*decorators)
+
+
+def given_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The options a user actually gave on the command line (not left at their default)."""
+    return {k: v for k, v in values.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+
+
+def _cli_value(value: Any) -> Any:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else str(value)

@@ -18,7 +18,7 @@ def report(run: Path) -> None:
     Example:
       cmamil report runs/cma
     """
-    from cmamil.report import report_run
+    from cmamil.evaluation.report import report_run
 
     table, figures = report_run(run)
     click.echo(table)

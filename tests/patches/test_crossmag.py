@@ -35,15 +35,15 @@ def test_crossmag_trains_each_set_and_the_union_and_tests_every_set(
     assert summary["asymmetry"][0]["asymmetry"] == pytest.approx(values[0, 1] - values[1, 0], abs=1e-5)
     assert summary["mixed_mean"] == pytest.approx(values[2].mean(), abs=1e-5)
     for train in ("100x", "400x", "mixed"):
-        assert (out / f"train_{train}" / "best.pt").is_file()
+        assert (out / f"train_{train}" / "fold_0" / "checkpoint.pt").is_file()
         for test in ("100x", "400x"):
             cell = json.loads((out / "cells" / f"{train}__{test}" / "metrics.json").read_text())
             assert cell["f1_macro"] == pytest.approx(matrix.loc[train, test], abs=1e-5)
             assert cell["n"] == 16
-    train_sizes = pd.read_csv(out / "train_mixed" / "splits" / "run.csv")["split"].value_counts()
+    train_sizes = pd.read_csv(out / "train_mixed" / "splits" / "fold_0.csv")["split"].value_counts()
     assert train_sizes["train"] == 64 and train_sizes["test"] == 32  # the union of both sets
 
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("**/best.pt")} | {
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("**/checkpoint.pt")} | {
         p: p.stat().st_mtime_ns for p in out.glob("cells/*/metrics.json")
     }
     invoke(args)

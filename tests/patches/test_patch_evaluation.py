@@ -73,8 +73,10 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
     )
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path), "--images", str(tmp_path)])
     assert result.output.strip() == (
-        f"Error: {tmp_path} holds no best.pt (nor fold_*/best.pt); pass a run folder made by cmamil train"
+        f"Error: {tmp_path} is not a run folder (no config.yaml); pass a folder made by cmamil train"
     )
+    result = CliRunner().invoke(main, ["evaluate", str(trained_run), "--features", str(tmp_path)])
+    assert result.output.strip() == f"Error: {trained_run} is a patches run: evaluate it with --images"
 
 
 def _copy_into_class_folders(source: Path, target: Path, label_column: str, rename=lambda v: v) -> Path:
@@ -95,7 +97,7 @@ def test_real_breakhis_pngs_go_through_evaluate(trained_run, tmp_path, invoke):
             "--device", "cpu", "--no-benchmark", "--explain", "2", "--embeddings", "4"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 4 and metrics["per_class"]["benign"]["support"] == 2
-    assert sorted(Path(p).name for p in pd.read_csv(out / "predictions.csv")["path"]) == sorted(
+    assert sorted(Path(p).name for p in pd.read_csv(out / "predictions.csv")["id"]) == sorted(
         pd.read_csv(SHARED_DATA / "breakhis_samples" / "labels.csv")["file"]
     )
     overlays = list((out / "explain").glob("*.png"))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cmamil.models import DataConfig, create_model
-from cmamil.saliency import attention_rollout, grad_cam, overlay_heatmap, saliency_maps, select_groups
+from cmamil.evaluation.saliency import attention_rollout, grad_cam, overlay_heatmap, saliency_maps, select_groups
 
 
 class LinearCAMNet(nn.Module):

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from cmamil.figures import plot_confusion_matrix
+from cmamil.evaluation.figures import plot_confusion_matrix
 
 __all__ = ["SCALAR_METRICS", "log_embeddings", "log_evaluation", "log_hparams", "log_scalars"]
 
@@ -47,9 +47,12 @@ def log_evaluation(
     probs: np.ndarray,
     class_names: Sequence[str],
     step: int,
+    scalars: bool = True,
 ) -> None:
-    """Scalars, the row-normalised confusion-matrix image and one PR curve per class for one evaluation."""
-    log_scalars(writer, split, metrics, step)
+    """Scalars (unless the epochs logged them already), the row-normalised confusion-matrix image and one PR
+    curve per class for one evaluation."""
+    if scalars:
+        log_scalars(writer, split, metrics, step)
     writer.add_figure(
         f"{split}/confusion_matrix", plot_confusion_matrix(metrics["confusion_matrix"], class_names), step
     )

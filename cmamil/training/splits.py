@@ -62,9 +62,8 @@ def make_splits(
     for fold in range(folds):
         train, test = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
         val = np.array([], dtype=int)
-        if val_fraction > 0:
-            parts = max(2, round(1 / val_fraction))
-            _check_enough(labels[train], groups[train], parts, f"--val-fraction {val_fraction} in fold {fold}")
+        if val_fraction > 0:  # every class needs a patient on each side; holdout_mask checks the total
+            _check_enough(labels[train], groups[train], 2, f"--val-fraction {val_fraction} in fold {fold}")
             held = holdout_mask(labels[train], val_fraction, groups=groups[train], seed=seed + fold)
             train, val = train[~held], train[held]
         splits.append(Split(fold, *(tuple(ids[np.sort(p)]) for p in (train, val, test))))

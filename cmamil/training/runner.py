@@ -1,0 +1,156 @@
+"""The one k-fold runner: check inputs, settle splits, train every unfinished fold, write the run folder.
+
+It serves every kind of model: a `BagTrainConfig` trains an aggregator on feature files, a
+`PatchTrainConfig` a patch classifier on image folders; they differ only in their task (data, model, step).
+A finished fold is skipped on rerun, an interrupted one resumes from its last epoch, and a run folder made
+with other options is refused unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from torch.utils.tensorboard import SummaryWriter
+
+from cmamil.atomic import write_json
+from cmamil.environment import resolve_device, seed_everything
+from cmamil.errors import InputError
+from cmamil.evaluation.metrics import HEADLINE
+from cmamil.training.config import TrainConfig
+from cmamil.training.loop import LAST, fit
+from cmamil.training.predictions import write_predictions
+from cmamil.training.run_folder import RunFolder
+from cmamil.training.splits import Split, make_splits
+from cmamil.training.summary import summarize_run
+from cmamil.training.task import Items, Task
+from cmamil.training.tblog import log_evaluation, log_hparams
+
+__all__ = ["create_task", "run_training", "train_fold"]
+
+log = logging.getLogger(__name__)
+
+
+def create_task(config: TrainConfig, class_names: tuple[str, ...] | None = None) -> Task:
+    """The task that trains `config`'s kind of input."""
+    if config.kind == "bags":
+        from cmamil.training.bags import BagTask
+
+        return BagTask(config, class_names)
+    if config.kind == "patches":
+        from cmamil.training.patches import PatchTask
+
+        return PatchTask(config, class_names)
+    raise InputError(f"no training task for configs of kind {config.kind!r}")
+
+
+def run_training(config: TrainConfig,
+                 on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train every unfinished fold of the run and return its summary (`format_summary` prints it).
+
+    `on_epoch(fold, row)` is called after every epoch with its history row.
+    """
+    run = RunFolder(config.out)
+    run.root.mkdir(parents=True, exist_ok=True)
+    if not config.overwrite:
+        run.check_options(config.fingerprint())
+    task = create_task(config, None if config.overwrite else run.previous_classes())
+    items = task.items()
+    run.write_config(config.kind, config.to_dict(), config.fingerprint(), items.class_names, task.describe())
+    splits = _splits(config, task, items, run)
+    for split in splits:
+        if run.fold_finished(split.fold) and not config.overwrite:
+            log.info("fold %d is finished; skipping it", split.fold)
+            continue
+        train_fold(config, task, split, run, items.class_names, on_epoch)
+    summary = summarize_run(run.root)
+    if config.figures:
+        from cmamil.evaluation.report import write_figures
+
+        write_figures(run.root)
+    return summary
+
+
+def train_fold(config: TrainConfig, task: Task, split: Split, run: RunFolder, class_names: Sequence[str],
+               on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train and test one fold into `fold_K/`; metrics.json is written last and returned."""
+    folder = run.reset_fold(split.fold) if config.overwrite else run.fold_dir(split.fold)
+    folder.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    use_amp = config.amp and device.type == "cuda"
+    seed_everything(config.seed + split.fold, config.deterministic)
+    data = task.fold_data(split)
+    model = task.build_model()
+    meta = {"kind": config.kind, "model": config.model, "model_options": dict(config.model_options),
+            "class_names": list(class_names), "fold": split.fold, **task.checkpoint_meta(data)}
+    done = _epochs_done(folder)
+    with SummaryWriter(log_dir=str(folder), purge_step=done + 1 if done else None) as writer:
+        result = fit(task, data, model, config, folder, writer, device, meta, on_epoch)
+        evaluations = {p: task.predict(result.model, data.part(p), device, use_amp)
+                       for p in ("val", "test") if len(data.part(p))}
+        metrics = {p: e.metrics(class_names) for p, e in evaluations.items()}
+        for part, evaluation in evaluations.items():
+            log_evaluation(writer, part, metrics[part], evaluation.y_true, evaluation.probs, class_names,
+                           result.best_epoch, scalars=part == "test")
+        extra = task.inspect(result.model, data.test, evaluations["test"], folder, device, writer)
+        log_hparams(writer, _hparams(config, split.fold), {f"test_{k}": metrics["test"][k] for k in HEADLINE})
+    write_predictions(folder / "predictions.csv", evaluations["test"], class_names)
+    fold_metrics = {
+        "fold": split.fold,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "monitor": config.monitor,
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+        **metrics,
+        **extra,
+    }
+    write_json(folder / "metrics.json", fold_metrics)
+    (folder / LAST).unlink(missing_ok=True)
+    return fold_metrics
+
+
+def _epochs_done(folder: Path) -> int:
+    """Epochs an interrupted fold finished (rows of its history.csv, when it has a resume point)."""
+    history = folder / "history.csv"
+    if not (folder / LAST).is_file() or not history.is_file():
+        return 0
+    return max(len(history.read_text().splitlines()) - 1, 0)
+
+
+def _splits(config: TrainConfig, task: Task, items: Items, run: RunFolder) -> list[Split]:
+    """Splits fixed by the input, else the run's saved ones (resuming), else new stratified grouped k-fold."""
+    splits = task.given_splits()
+    if splits is None and not config.overwrite:
+        splits = run.saved_splits(items.ids)
+    if splits is None:
+        splits = make_splits(items.ids, items.labels, items.patients, folds=config.folds,
+                             val_fraction=config.val_fraction, seed=config.seed)
+    _check_patients(splits, items)
+    run.save_splits(splits)
+    return splits
+
+
+def _check_patients(splits: Sequence[Split], items: Items) -> None:
+    """A patient's items must all lie in one part of each fold."""
+    if items.patients is None:
+        return
+    patient = dict(zip(items.ids, items.patients))
+    for split in splits:
+        owner: dict[str, str] = {}
+        for part in ("train", "val", "test"):
+            for item in getattr(split, part):
+                first = owner.setdefault(patient[item], part)
+                if first != part:
+                    raise InputError(
+                        f"fold {split.fold}: patient {patient[item]} has items in both {first} and {part}; "
+                        "fix the splits so that each patient lies in one part"
+                    )
+
+
+def _hparams(config: TrainConfig, fold: int) -> dict[str, Any]:
+    """The run's options flattened for TensorBoard's hparams view."""
+    hparams = {k: v for k, v in config.fingerprint().items() if k != "model_options"}
+    hparams.update({f"model_option.{k}": v for k, v in config.model_options.items()}, fold=fold)
+    return hparams
+
