@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from cmamil.aggregators import aggregator_loss, create_aggregator, forward_bag
 from cmamil.atomic import write_json, write_text, write_yaml
-from cmamil.bag import aggregator_loss, create_aggregator
 from cmamil.bag_dataset import BagDataset, bag_loader, fit_scaler
 from cmamil.checkpoint import save_checkpoint
 from cmamil.early_stopping import EarlyStopping
@@ -135,7 +135,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -
     losses, probs, labels = [], [], []
     for bag, label in loader:
         bag, label = bag.to(device), label.to(device)
-        output = model(bag, label)
+        output = forward_bag(model, bag, label)
         losses.append(aggregator_loss(model, output, label).item())
         probs.append(torch.softmax(output.logits.float(), dim=1)[0].cpu().numpy())
         labels.append(int(label))
@@ -171,7 +171,7 @@ def fit(
         losses, probs, labels = [], [], []
         for bag, label in train_loader:
             bag, label = bag.to(device), label.to(device)
-            output = model(bag, label)
+            output = forward_bag(model, bag, label)
             loss = aggregator_loss(model, output, label)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from cmamil.bag import create_aggregator
+from cmamil.aggregators import create_aggregator
 from cmamil.bag_dataset import BagDataset, bag_loader
 from cmamil.checkpoint import load_checkpoint
 from cmamil.cli import main
