@@ -29,7 +29,7 @@ def worker(config: str, size: int, dim: int, iters: int, device_name: str, threa
     """Time `iters` training steps and inference passes of one configuration on one bag size."""
     import torch
 
-    from cmamil.bag import aggregator_loss, create_aggregator
+    from cmamil.aggregators import aggregator_loss, create_aggregator, forward_bag
     from cmamil.environment import resolve_device
     from cmamil.synthetic_bags import nested_bag
 
@@ -47,7 +47,7 @@ def worker(config: str, size: int, dim: int, iters: int, device_name: str, threa
             torch.cuda.synchronize()
 
     def train_step() -> None:
-        output = model(bag, label)
+        output = forward_bag(model, bag, label)
         loss = aggregator_loss(model, output, label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -55,7 +55,7 @@ def worker(config: str, size: int, dim: int, iters: int, device_name: str, threa
 
     def infer() -> None:
         with torch.no_grad():
-            model(bag)
+            forward_bag(model, bag)
 
     baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.type == "cuda":

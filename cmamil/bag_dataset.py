@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cmamil.bag import Bag
+from cmamil.aggregators import Bag
 
 __all__ = ["BagDataset", "FeatureScaler", "bag_loader", "fit_scaler"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmamil.bag import magnification_order
+from cmamil.aggregators import magnification_order
 from cmamil.errors import InputError
 
 __all__ = ["LabelTable", "find_feature_files", "load_labelled_bags", "read_labels"]

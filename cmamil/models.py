@@ -1,12 +1,14 @@
 """The patch-model contract, and `create_model` over registered plugins and any timm architecture.
 
 A patch model is an `nn.Module` with `forward(x) -> logits`, `forward_features(x) -> (B, D)` pooled
-embeddings, an int `num_features` (= D) and a `data_config` saying how to preprocess its input.
-`num_classes=0` builds an encoder, whose `forward` returns the pooled embeddings.
+embeddings, an int `num_features` (= D) and a `data_config` saying how to preprocess its input: a
+`DataConfig`, or a timm-style mapping that `create_model` turns into one. `num_classes=0` builds an
+encoder, whose `forward` returns the pooled embeddings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,8 +49,10 @@ class DataConfig:
             raise ValueError("mean and std need one value per input channel")
 
     @classmethod
-    def from_timm(cls, cfg: dict[str, Any]) -> DataConfig:
-        """Build from a timm data config dict (`timm.data.resolve_model_data_config`)."""
+    def from_timm(cls, cfg: Mapping[str, Any]) -> DataConfig:
+        """Build from a timm-style data config mapping (`timm.data.resolve_model_data_config`): `input_size`,
+        `mean` and `std` are needed, `interpolation` defaults to bicubic, other keys (`crop_pct` …) are ignored
+        because a histology patch is used whole."""
         return cls(
             input_size=tuple(int(v) for v in cfg["input_size"]),
             mean=tuple(float(v) for v in cfg["mean"]),
@@ -68,34 +72,53 @@ def small_variant(**options: Any):
 
 
 def create_model(name: str, *, num_classes: int = 0, weights: str | None = None, **options: Any) -> nn.Module:
-    """Build the patch model `name` (a registered plugin, or `timm:<arch>`) and check its contract."""
+    """Build the patch model `name` (a registered plugin, or `timm:<arch>`), check its contract, and turn a
+    timm-style `data_config` mapping into a DataConfig so that every caller sees one type."""
     if name.startswith("timm:"):
         from cmamil.timm_models import create_timm_model
 
         model = create_timm_model(name[len("timm:"):], num_classes=num_classes, weights=weights, **options)
+        label = f"model '{name}' from package 'timm'"
     else:
-        factory = registry.models.load(name)
-        try:
-            model = factory(num_classes=num_classes, weights=weights, **options)
-        except TypeError as exc:
-            raise PluginError(f"model '{name}' rejected its options {sorted(options)}: {exc}") from exc
-    check_model_contract(model, name)
+        model = registry.models.build(name, options, num_classes=num_classes, weights=weights)
+        label = registry.models.label(name)
+    check_model_contract(model, label)
+    model.data_config = _as_data_config(model.data_config, label)
     return model
 
 
-def check_model_contract(model: nn.Module, name: str) -> None:
-    """Raise PluginError when `model` lacks a part of the patch-model contract."""
+def check_model_contract(model: nn.Module, label: str) -> None:
+    """Raise PluginError naming `label` when `model` lacks a part of the patch-model contract."""
     missing = [
         attr
         for attr in ("forward_features", "num_features", "data_config")
         if not hasattr(model, attr)
     ]
     if missing:
-        raise PluginError(f"model '{name}' does not meet the patch-model contract: missing {', '.join(missing)}")
-    if not isinstance(model.data_config, DataConfig):
-        raise PluginError(f"model '{name}': data_config must be a cmamil.models.DataConfig")
+        raise PluginError(f"{label} does not meet the patch-model contract: missing {', '.join(missing)}")
     if not isinstance(model.num_features, int) or model.num_features < 1:
-        raise PluginError(f"model '{name}': num_features must be a positive int")
+        raise PluginError(f"{label}: num_features must be a positive int")
+
+
+def _as_data_config(config: DataConfig | Mapping[str, Any], label: str) -> DataConfig:
+    """`config` as a DataConfig: itself, or built from a timm-style mapping; `label` names the plugin in errors."""
+    if isinstance(config, DataConfig):
+        return config
+    if not isinstance(config, Mapping):
+        raise PluginError(
+            f"{label}: data_config is a {type(config).__name__}; make it a cmamil.models.DataConfig "
+            "or a timm-style mapping with input_size, mean and std"
+        )
+    missing = [key for key in ("input_size", "mean", "std") if key not in config]
+    if missing:
+        raise PluginError(
+            f"{label}: data_config has no {', '.join(repr(k) for k in missing)}; a timm-style data_config "
+            "needs input_size (C, H, W), mean and std"
+        )
+    try:
+        return DataConfig.from_timm(config)
+    except (TypeError, ValueError) as exc:
+        raise PluginError(f"{label}: data_config {dict(config)} is not usable: {exc}") from exc
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cmamil import registry
-from cmamil.bag import AggregatorOutput, Bag, create_aggregator
+from cmamil.aggregators import Bag, create_aggregator, forward_bag
 from cmamil.errors import PluginError
 from cmamil.models import create_model
 
@@ -21,10 +21,12 @@ def check_model(name: str, num_classes: int = 3, batch: int = 2) -> torch.nn.Mod
         logits = model(x)
         features = model.forward_features(x)
     if tuple(logits.shape) != (batch, num_classes):
-        raise PluginError(f"model '{name}': forward gave {tuple(logits.shape)}, expected {(batch, num_classes)}")
+        raise PluginError(
+            f"{registry.models.label(name)}: forward gave {tuple(logits.shape)}, expected {(batch, num_classes)}"
+        )
     if tuple(features.shape) != (batch, model.num_features):
         raise PluginError(
-            f"model '{name}': forward_features gave {tuple(features.shape)}, "
+            f"{registry.models.label(name)}: forward_features gave {tuple(features.shape)}, "
             f"expected {(batch, model.num_features)}"
         )
     return model
@@ -47,9 +49,9 @@ def check_aggregator(name: str, in_dim: int = 16, num_classes: int = 2) -> torch
     model = create_aggregator(
         name, in_dim=in_dim, num_classes=num_classes, magnifications=bag.magnifications, **options
     )
-    out = model(bag, label=torch.tensor([1]))
-    if not isinstance(out, AggregatorOutput):
-        raise PluginError(f"aggregator '{name}' must return cmamil.bag.AggregatorOutput, got {type(out).__name__}")
+    out = forward_bag(model, bag, torch.tensor([1]))
     if tuple(out.logits.shape) != (1, num_classes):
-        raise PluginError(f"aggregator '{name}': logits {tuple(out.logits.shape)}, expected {(1, num_classes)}")
+        raise PluginError(
+            f"{registry.aggregators.label(name)}: logits {tuple(out.logits.shape)}, expected {(1, num_classes)}"
+        )
     return model

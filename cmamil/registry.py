@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from cmamil.errors import PluginError, UnknownPluginError
+from cmamil.errors import CmamilError, PluginError, UnknownPluginError
 
 __all__ = [
     "GROUPS",
@@ -103,6 +103,25 @@ class Registry:
             + (" (any timm architecture also works as 'timm:<arch>')" if self.kind == "models" else "")
         )
 
+    def label(self, name: str) -> str:
+        """How messages name a plugin: "model 'name' from package 'package'"."""
+        return f"{self.kind[:-1]} '{name}' from package '{self.info(name).package}'"
+
+    def build(self, name: str, options: dict[str, Any], **arguments: Any) -> Any:
+        """Call the factory of `name` with the contract's `arguments` and the user's `options`; whatever the
+        factory raises (other than a CmamilError, already a user message) becomes a PluginError naming it."""
+        factory = self.load(name)
+        try:
+            return factory(**arguments, **options)
+        except CmamilError:
+            raise
+        except TypeError as exc:
+            raise PluginError(f"{self.label(name)} rejected its options {sorted(options)}: {exc}") from exc
+        except ValueError as exc:
+            raise PluginError(f"{self.label(name)}: {exc}") from exc
+        except Exception as exc:  # a plugin's own failure is reported with its name, never as a bare traceback
+            raise PluginError(f"{self.label(name)} failed to build: {type(exc).__name__}: {exc}") from exc
+
     def load(self, name: str) -> Callable[..., Any]:
         """Import and return the factory of `name`; a failing import raises PluginError naming the package."""
         if name in self._loaded:
@@ -117,13 +136,12 @@ class Registry:
                 obj = getattr(obj, part)
         except Exception as exc:  # a broken plugin must never break the host
             message = (
-                f"{self.kind[:-1]} '{name}' from package '{info.package}' {info.version} failed to load "
-                f"({info.value}): {type(exc).__name__}: {exc}"
+                f"{self.label(name)} {info.version} failed to load ({info.value}): {type(exc).__name__}: {exc}"
             )
             self._errors[name] = message
             raise PluginError(message) from exc
         if not callable(obj):
-            message = f"{self.kind[:-1]} '{name}' from package '{info.package}' is not callable ({info.value})"
+            message = f"{self.label(name)} is not callable ({info.value})"
             self._errors[name] = message
             raise PluginError(message)
         self._loaded[name] = obj

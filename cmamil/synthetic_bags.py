@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from cmamil.aggregators import Bag, magnification_order
 from cmamil.atomic import write_text
-from cmamil.bag import Bag, magnification_order
 
 __all__ = ["PlantedSignal", "nested_bag", "planted_cohort", "write_bag", "write_planted_cohort"]
 

@@ -7,6 +7,7 @@ class count differs; the word "hub" downloads timm's default tag (only when a us
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,6 @@ import torch
 from torch import nn
 
 from cmamil.errors import InputError, PluginError
-from cmamil.models import DataConfig
 
 __all__ = ["TimmPatchModel", "create_timm_model", "weights_kwargs"]
 
@@ -23,9 +23,10 @@ HUB = "hub"
 
 
 class TimmPatchModel(nn.Module):
-    """A timm model with `forward_features` returning pooled (B, D) embeddings."""
+    """A timm model with `forward_features` returning pooled (B, D) embeddings, and timm's data config mapping
+    (which `cmamil.models.create_model` turns into a DataConfig)."""
 
-    def __init__(self, model: nn.Module, data_config: DataConfig) -> None:
+    def __init__(self, model: nn.Module, data_config: Mapping[str, Any]) -> None:
         super().__init__()
         self.model = model
         self.data_config = data_config
@@ -68,11 +69,11 @@ def create_timm_model(
         raise PluginError(f"timm has no architecture '{arch}'{hint}")
     try:
         model = timm.create_model(arch, num_classes=num_classes, **weights_kwargs(weights), **options)
-    except (RuntimeError, ValueError, KeyError) as exc:
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise PluginError(f"could not build timm:{arch} with weights {weights!r}: {exc}") from exc
     config = dict(timm.data.resolve_model_data_config(model))
     if "img_size" in options:
         size = options["img_size"]
         height, width = (size, size) if isinstance(size, int) else size
         config["input_size"] = (config["input_size"][0], height, width)
-    return TimmPatchModel(model, DataConfig.from_timm(config))
+    return TimmPatchModel(model, config)

@@ -22,7 +22,6 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from cmamil.errors import CmamilError, InputError
-from cmamil.extract.allocator import keep_freed_memory
 from cmamil.extract.batch import (
     SlideResult,
     SlideSource,
@@ -162,7 +161,6 @@ def extract_bags(
     """
     from tqdm import tqdm
 
-    keep_freed_memory()
     shard = resolve_shard(config.shard)
     duplicates = _duplicates(jobs)
     jobs = shard_items(jobs, shard)

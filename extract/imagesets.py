@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from cmamil.bag import magnification_order
+from cmamil.aggregators import magnification_order
 from cmamil.errors import InputError
 from cmamil.extract.batch import SlideResult
 from cmamil.extract.encoder import Encoder

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from cmamil import __version__
-from cmamil.bag import magnification_order
+from cmamil.aggregators import magnification_order
 from cmamil.errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
-    from cmamil.bag import Bag
+    from cmamil.aggregators import Bag
 
 __all__ = [
     "FOREIGN_MAGNIFICATION",
@@ -575,7 +575,7 @@ def read_bag(
     """
     import torch
 
-    from cmamil.bag import Bag
+    from cmamil.aggregators import Bag
 
     path = Path(path)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cmamil.bag import AggregatorOutput
+from cmamil.aggregators import AggregatorOutput
 from cmamil.losses import LOSSES, create_loss
 
 __all__ = ["InstanceSupervised", "instance_loss"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cmamil.bag import AggregatorOutput, Bag
+from cmamil.aggregators import AggregatorOutput, Bag
 from cmamil.models import small_variant
 from cmamil.plugins._attention import GatedAttention
 from cmamil.plugins._instance import InstanceSupervised, instance_loss

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cmamil.bag import AggregatorOutput, Bag
+from cmamil.aggregators import AggregatorOutput, Bag
 from cmamil.models import small_variant
 from cmamil.plugins._single_scale import resolve_magnifications, stack_instances
 

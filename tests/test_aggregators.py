@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from cmamil import registry
-from cmamil.bag import Bag, aggregator_loss, create_aggregator
+from cmamil.aggregators import Bag, aggregator_loss, create_aggregator
 from cmamil.errors import PluginError
 from cmamil.losses import SmoothTop1SVM
 from cmamil.plugin_check import check_aggregator

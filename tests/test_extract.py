@@ -313,19 +313,38 @@ def test_cli_refuses_mixed_inputs(cohort, tmp_path):
     assert result.exit_code == 1 and "--bag-by and --tile apply to --images only" in result.output
 
 
-ALLOCATE = """
-import ctypes, resource, sys
+FAULTS = """
+import ctypes, resource
+def faults():
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        buffer = libc.malloc(1 << 26)  # 64 MiB, written, then freed: an activation buffer of one batch
+        ctypes.memset(buffer, 1, 1 << 26)
+        libc.free(ctypes.c_void_p(buffer))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+"""
+ALLOCATE = FAULTS + """
+import sys
 from cmamil.extract.allocator import keep_freed_memory
 if sys.argv[1] == "tuned":
     assert keep_freed_memory()
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype = ctypes.c_void_p
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    buffer = libc.malloc(1 << 26)  # 64 MiB, written, then freed: an activation buffer of one batch
-    ctypes.memset(buffer, 1, 1 << 26)
-    libc.free(ctypes.c_void_p(buffer))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(faults())
+"""
+LIBRARY_THEN_CLI = FAULTS + """
+import sys
+from click.testing import CliRunner
+from cmamil.cli import main
+from cmamil.extract.features import ExtractConfig, extract_slides
+from cmamil.extract.grid import TilingConfig
+slide, out = sys.argv[1], sys.argv[2]
+config = ExtractConfig(encoder="example_cnn", tiling=TilingConfig("5,10", tile_px=32), num_workers=0, device="cpu")
+[result] = extract_slides([slide], out + "/library", config)
+print(result.status, faults())
+args = ["extract", slide, "--out", out + "/cli", "--encoder", "example_cnn", "--magnifications", "5,10",
+        "--tile-px", "32", "--num-workers", "0", "--device", "cpu"]
+print(CliRunner().invoke(main, args).exit_code, faults())
 """
 
 
@@ -337,3 +356,11 @@ def test_tuned_malloc_reuses_large_buffers_instead_of_faulting_them_in_again():
     }
     assert faults["default"] > 5 * 15_000  # 16,384 pages of 4 KiB per buffer, mapped afresh every time
     assert faults["tuned"] < 20_000  # the first buffer only
+
+
+def test_the_library_leaves_malloc_alone_and_the_extract_command_tunes_it(cohort, tmp_path):
+    out = subprocess.run([sys.executable, "-c", LIBRARY_THEN_CLI, str(cohort / "s1.tiff"), str(tmp_path)],
+                         capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout
+    (status, library_faults), (exit_code, cli_faults) = (line.split() for line in out.splitlines()[-2:])
+    assert status == "done" and int(library_faults) > 5 * 15_000  # extract_slides changed no process setting
+    assert exit_code == "0" and int(cli_faults) < 20_000  # `cmamil extract` keeps freed memory

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmamil.bag import create_aggregator
+from cmamil.aggregators import create_aggregator
 from cmamil.bag_dataset import BagDataset
 from cmamil.errors import InputError
 from cmamil.extract.store import BagWriter, bag_path
@@ -143,7 +143,7 @@ def test_planted_cohort_files_round_trip(tmp_path):
 
 
 def test_feature_scaler_by_hand():
-    from cmamil.bag import Bag
+    from cmamil.aggregators import Bag
     from cmamil.bag_dataset import BagDataset, fit_scaler
 
     bags = [

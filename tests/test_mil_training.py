@@ -13,7 +13,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from torch.utils.tensorboard import SummaryWriter
 
-from cmamil.bag import create_aggregator
+from cmamil.aggregators import create_aggregator
 from cmamil.cli import main
 from cmamil.environment import seed_everything
 from cmamil.errors import InputError

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cmamil import registry
-from cmamil.bag import create_aggregator
+from cmamil.aggregators import create_aggregator
 from cmamil.errors import PluginError, UnknownPluginError
 from cmamil.models import create_model
 from cmamil.plugin_check import check_aggregator, random_bag
@@ -103,10 +103,10 @@ def test_aggregator_contract_violation_is_a_plugin_error(install_dist):
             "import torch\n"
             "class Bad(torch.nn.Module):\n"
             "    def forward(self, bag, label=None):\n"
-            "        return torch.zeros(1, 2)\n"
+            "        return {'logits': torch.zeros(1, 2)}\n"
             "def factory(**kw):\n"
             "    return Bad()\n"
         )},
     )
-    with pytest.raises(PluginError, match="must return cmamil.bag.AggregatorOutput"):
+    with pytest.raises(PluginError, match="returned dict; its forward must return .*AggregatorOutput"):
         check_aggregator("bad_agg")

@@ -80,6 +80,7 @@ def extract(
       cmamil extract --images 100x=BreaKHis/100X --images 400x=BreaKHis/400X --out feats/ --encoder deit_small \\
           --bag-by 'SOB_\\w_\\w+-(?P<patient>\\d+-\\w+)-'
     """
+    from cmamil.extract.allocator import keep_freed_memory
     from cmamil.extract.batch import parse_shard, resolve_shard
     from cmamil.extract.features import ExtractConfig, extract_slides, manifest_name
 
@@ -91,6 +92,7 @@ def extract(
         tiling=tiling, storage=storage, overwrite=overwrite, shard=parse_shard(shard) if shard else None, **options
     )
     debug = bool(ctx.obj and ctx.obj.get("debug"))
+    keep_freed_memory()  # a process-wide malloc setting: the command owns its process, the library does not
     if images:
         from cmamil.extract.imagesets import ImageSets, extract_image_sets
 

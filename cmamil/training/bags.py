@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cmamil.bag import aggregator_loss, create_aggregator
+from cmamil.aggregators import aggregator_loss, create_aggregator, forward_bag
 from cmamil.bag_dataset import BagDataset, FeatureScaler, bag_loader, fit_scaler
 from cmamil.labels import LabelTable, load_labelled_bags
 from cmamil.training.config import BagTrainConfig
@@ -76,7 +76,7 @@ class BagTask:
         bag, label = batch
         bag, label = bag.to(device), label.to(device)
         with torch.autocast(device.type, enabled=amp):
-            output = model(bag, label)
+            output = forward_bag(model, bag, label)
             loss = aggregator_loss(model, output, label)
         return StepOutput(loss, output.logits, label.reshape(-1))
 
@@ -124,7 +124,7 @@ def predict_bags(model: nn.Module, loader: DataLoader, device: torch.device, *, 
     for bag, label in loader:
         bag, label = bag.to(device), label.to(device)
         with torch.autocast(device.type, enabled=amp):
-            output = model(bag, label)
+            output = forward_bag(model, bag, label)
             losses.append(aggregator_loss(model, output, label).item())
         probs.append(torch.softmax(output.logits.float(), dim=1)[0].cpu().numpy())
         labels.append(int(label))

@@ -1,1 +1,1 @@
-"""An example third-party cmamil plugin package: a small CNN patch model and a max-pooling aggregator."""
+"""An example third-party cmamil plugin package: small CNN patch models and pooling aggregators."""

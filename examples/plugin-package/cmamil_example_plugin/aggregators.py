@@ -1,13 +1,14 @@
-"""A max-pooling MIL aggregator that meets cmamil's aggregator contract."""
+"""Two MIL aggregators that meet cmamil's aggregator contract: max pooling returning an AggregatorOutput, and
+mean pooling written as many MIL codebases write it, `forward(bag)` returning bare (1, C) logits."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from cmamil.bag import AggregatorOutput, Bag
+from cmamil.aggregators import AggregatorOutput, Bag
 
-__all__ = ["ExampleMax", "example_max"]
+__all__ = ["BareMean", "ExampleMax", "example_bare_mean", "example_max"]
 
 
 class ExampleMax(nn.Module):
@@ -32,3 +33,21 @@ class ExampleMax(nn.Module):
 def example_max(*, in_dim: int, num_classes: int, magnifications: tuple[str, ...], **options) -> ExampleMax:
     """Factory registered under `cmamil.aggregators` as `example_max`."""
     return ExampleMax(in_dim, num_classes, magnifications, **options)
+
+
+class BareMean(nn.Module):
+    """Mean of each magnification's instances, concatenated, then a linear classifier; no attention, no label."""
+
+    def __init__(self, in_dim: int, num_classes: int, magnifications: tuple[str, ...]) -> None:
+        super().__init__()
+        self.magnifications = magnifications
+        self.classifier = nn.Linear(in_dim * len(magnifications), num_classes)
+
+    def forward(self, bag: Bag) -> torch.Tensor:
+        pooled = torch.cat([bag.features[mag].mean(dim=0) for mag in self.magnifications])
+        return self.classifier(pooled)[None]
+
+
+def example_bare_mean(*, in_dim: int, num_classes: int, magnifications: tuple[str, ...]) -> BareMean:
+    """Factory registered under `cmamil.aggregators` as `example_bare_mean`."""
+    return BareMean(in_dim, num_classes, magnifications)

@@ -1,4 +1,5 @@
-"""A small convolutional patch model that meets cmamil's patch-model contract."""
+"""Two small convolutional patch models that meet cmamil's patch-model contract: one with a cmamil DataConfig,
+one written with timm habits (a plain-dict `data_config`, as `timm.data.resolve_model_data_config` returns)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from torch import nn
 
 from cmamil.models import DataConfig
 
-__all__ = ["ExampleCNN", "example_cnn"]
+__all__ = ["ExampleCNN", "TimmStyleCNN", "example_cnn", "example_timm_cnn"]
 
 
 class ExampleCNN(nn.Module):
@@ -34,7 +35,29 @@ class ExampleCNN(nn.Module):
 
 def example_cnn(*, num_classes: int = 0, weights: str | None = None, **options) -> ExampleCNN:
     """Factory registered under `cmamil.models` as `example_cnn`; `weights` is a local state-dict file."""
-    model = ExampleCNN(num_classes=num_classes, **options)
+    return _with_weights(ExampleCNN(num_classes=num_classes, **options), weights)
+
+
+class TimmStyleCNN(ExampleCNN):
+    """The same network describing its input as timm does: a plain-dict `data_config` (crop_pct included)."""
+
+    def __init__(self, num_classes: int = 0, width: int = 8, img_size: int = 32) -> None:
+        super().__init__(num_classes=num_classes, width=width, img_size=img_size)
+        self.data_config = {
+            "input_size": (3, img_size, img_size),
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+            "interpolation": "bilinear",
+            "crop_pct": 0.875,
+        }
+
+
+def example_timm_cnn(*, num_classes: int = 0, weights: str | None = None, **options) -> TimmStyleCNN:
+    """Factory registered under `cmamil.models` as `example_timm_cnn`; `weights` is a local state-dict file."""
+    return _with_weights(TimmStyleCNN(num_classes=num_classes, **options), weights)
+
+
+def _with_weights(model: nn.Module, weights: str | None) -> nn.Module:
     if weights is not None:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model

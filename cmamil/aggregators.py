@@ -1,5 +1,8 @@
 """The aggregator contract: a multi-magnification bag in, logits and attention out.
 
+An aggregator's `forward` takes `(bag)` or `(bag, label)` and returns an `AggregatorOutput` or bare
+`(1, C)` logits; `forward_bag` calls it either way and always gives an `AggregatorOutput`.
+
 Magnifications are keyed by their names ("5x", "10x", "20x", "100x" …) and ordered coarse to fine.
 `parents[mag][i]` is the index of instance i's parent in the next coarser magnification, -1 where
 there is none (image sets, or the coarsest scale).
@@ -7,6 +10,7 @@ there is none (image sets, or the coarsest scale).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +19,14 @@ import torch
 from cmamil import registry
 from cmamil.errors import PluginError
 
-__all__ = ["AggregatorOutput", "Bag", "aggregator_loss", "create_aggregator", "magnification_order"]
+__all__ = [
+    "AggregatorOutput",
+    "Bag",
+    "aggregator_loss",
+    "create_aggregator",
+    "forward_bag",
+    "magnification_order",
+]
 
 
 @dataclass
@@ -68,15 +79,33 @@ def create_aggregator(
     name: str, *, in_dim: int, num_classes: int, magnifications: tuple[str, ...], **options: Any
 ) -> torch.nn.Module:
     """Build the registered aggregator `name` for bags of `in_dim` features at `magnifications`."""
-    factory = registry.aggregators.load(name)
+    return registry.aggregators.build(
+        name, options, in_dim=in_dim, num_classes=num_classes, magnifications=tuple(magnifications)
+    )
+
+
+def forward_bag(aggregator: torch.nn.Module, bag: Bag, label: torch.Tensor | None = None) -> AggregatorOutput:
+    """Run `aggregator` on one bag, passing `label` only when its forward takes one; bare logits become an
+    AggregatorOutput without attention or auxiliary loss, so training and evaluation see one type."""
+    output = aggregator(bag, label) if _takes_label(aggregator) else aggregator(bag)
+    if isinstance(output, AggregatorOutput):
+        return output
+    if isinstance(output, torch.Tensor) and output.dim() == 2 and len(output) == 1:
+        return AggregatorOutput(logits=output)
+    shape = f" of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else ""
+    raise PluginError(
+        f"aggregator {type(aggregator).__name__} returned {type(output).__name__}{shape}; its forward must "
+        "return (1, num_classes) logits or a cmamil.aggregators.AggregatorOutput"
+    )
+
+
+def _takes_label(aggregator: torch.nn.Module) -> bool:
+    """Whether the aggregator's forward accepts a second positional argument (the bag's label)."""
     try:
-        return factory(
-            in_dim=in_dim, num_classes=num_classes, magnifications=tuple(magnifications), **options
-        )
-    except TypeError as exc:
-        raise PluginError(f"aggregator '{name}' rejected its options {sorted(options)}: {exc}") from exc
-    except ValueError as exc:
-        raise PluginError(f"aggregator '{name}': {exc}") from exc
+        inspect.signature(aggregator.forward).bind(None, None)
+    except TypeError:
+        return False
+    return True
 
 
 def aggregator_loss(aggregator: torch.nn.Module, output: AggregatorOutput, label: torch.Tensor) -> torch.Tensor:
