@@ -65,7 +65,7 @@ def run_crossmag(config: CrossMagConfig) -> dict[str, Any]:
     from cmamil.environment import resolve_device
     from cmamil.evaluation.evaluate import evaluate_trained
     from cmamil.image_folders import read_split
-    from cmamil.training.patches import ImagePart
+    from cmamil.image_folders import ImagePart
     from cmamil.training.run_folder import RunFolder
     from cmamil.training.trained import load_trained
 

@@ -13,19 +13,25 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cmamil.errors import InputError
 
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import DataLoader
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "SPLITS",
     "ImageDataset",
+    "ImagePart",
     "ImageSet",
     "find_split_folders",
+    "image_loader",
     "open_image",
     "patient_groups",
     "read_class_folders",
@@ -196,6 +202,30 @@ class ImageDataset:
 
     def __getitem__(self, index: int):
         return self.transform(open_image(self.images.paths[index])), self.images.labels[index], index
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """The images of one part of a fold and the transform that feeds them to the model."""
+
+    images: ImageSet
+    transform: Callable
+    patients: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(str(p) for p in self.images.paths)
+
+
+def image_loader(part: ImagePart, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
+    """Batches of a part's images in file order, for prediction."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(ImageDataset(part.images, part.transform), batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers, pin_memory=device.type == "cuda")
 
 
 def _existing_folder(path: str | Path) -> Path:

@@ -10,8 +10,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # source folder → the import name it is installed under (setup.cfg's package_dir)
 SOURCES = {"cmamil": "cmamil", "extract": "cmamil.extract", "plugins": "cmamil.plugins"}
-# cycles tolerated until the training CLI is rewritten; each entry is the set of modules of one cycle
-KNOWN_CYCLES = {frozenset({"cmamil.cli.train", "cmamil.cli.train_patches"})}
 
 
 def module_files(root: Path, sources: dict[str, str]) -> dict[str, Path]:
@@ -119,14 +117,9 @@ def test_graph_sees_every_kind_of_import(graph):
     assert "cmamil.plugin_check" in graph["cmamil.cli.plugins"]  # imported inside a function
 
 
-def test_no_import_cycles_except_the_known_ones(graph):
-    new = [describe(c, graph) for c in cycles(graph) if c not in KNOWN_CYCLES]
-    assert not new, "import cycles: " + "; ".join(new)
-
-
-def test_known_cycles_still_exist(graph):
-    gone = [sorted(c) for c in KNOWN_CYCLES if c not in cycles(graph)]
-    assert not gone, f"cycles {gone} are fixed; remove them from KNOWN_CYCLES"
+def test_no_import_cycles(graph):
+    found = [describe(c, graph) for c in cycles(graph)]
+    assert not found, "import cycles: " + "; ".join(found)
 
 
 def test_cycles_through_relative_and_function_level_imports_are_found(tmp_path):

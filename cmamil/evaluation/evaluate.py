@@ -131,7 +131,7 @@ def _data(trained: TrainedModel, config: EvaluateConfig) -> Any:
     """The labelled dataset to evaluate `trained` on, prepared as in training."""
     if trained.kind == "patches":
         from cmamil.image_folders import read_split
-        from cmamil.training.patches import ImagePart
+        from cmamil.image_folders import ImagePart
 
         images = read_split(config.images, config.split, trained.class_names)
         return ImagePart(images, trained.prepare, tuple(str(p) for p in images.paths))
@@ -149,7 +149,8 @@ def _data(trained: TrainedModel, config: EvaluateConfig) -> Any:
 def _predict(trained: TrainedModel, data: Any, device: torch.device, batch_size: int, num_workers: int,
              amp: bool) -> Predictions:
     if trained.kind == "patches":
-        from cmamil.training.patches import image_loader, predict_images
+        from cmamil.image_folders import image_loader
+        from cmamil.training.patches import predict_images
 
         return predict_images(trained.model, image_loader(data, batch_size, num_workers, device), data, device,
                               amp=amp)

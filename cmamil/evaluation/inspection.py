@@ -18,7 +18,7 @@ from cmamil.atomic import write_json
 from cmamil.errors import InputError
 from cmamil.evaluation.saliency import save_overlay_grid, saliency_maps, select_groups
 from cmamil.image_folders import open_image
-from cmamil.training.patches import ImagePart, image_loader
+from cmamil.image_folders import ImagePart, image_loader
 from cmamil.training.predictions import Predictions
 
 __all__ = ["write_explanations", "write_projector"]

@@ -8,7 +8,6 @@ validation folder, a stratified (patient-grouped) share of the training images i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -18,7 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cmamil.image_folders import ImageDataset, ImageSet, find_split_folders, patient_groups, read_class_folders
+from cmamil.image_folders import (
+    ImageDataset,
+    ImagePart,
+    ImageSet,
+    find_split_folders,
+    image_loader,
+    patient_groups,
+    read_class_folders,
+)
 from cmamil.models import create_model
 from cmamil.preprocessing import BatchMixer, eval_transform, train_transform
 from cmamil.training.config import PatchTrainConfig
@@ -27,23 +34,7 @@ from cmamil.training.sampling import class_balanced_sampler
 from cmamil.training.splits import Split, holdout_mask
 from cmamil.training.task import FoldData, Items, StepOutput
 
-__all__ = ["ImagePart", "PatchTask", "image_loader", "predict_images", "rebuild_patch_model"]
-
-
-@dataclass(frozen=True)
-class ImagePart:
-    """The images of one part of a fold and the transform that feeds them to the model."""
-
-    images: ImageSet
-    transform: Callable
-    patients: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def ids(self) -> tuple[str, ...]:
-        return tuple(str(p) for p in self.images.paths)
+__all__ = ["PatchTask", "predict_images", "rebuild_patch_model"]
 
 
 class PatchTask:
@@ -147,12 +138,6 @@ class PatchTask:
         if self._data_config is None:
             self.build_model()
         return self._data_config
-
-
-def image_loader(part: ImagePart, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
-    """Batches of a part's images in file order, for prediction."""
-    return DataLoader(ImageDataset(part.images, part.transform), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, pin_memory=device.type == "cuda")
 
 
 @torch.no_grad()
