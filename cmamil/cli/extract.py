@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cmamil.cli.options import key_values, output_options, slides_argument, tiling_options
+from cmamil.cli.options import option, output_options, slides_argument, tiling_options
 from cmamil.errors import InputError
 
 if TYPE_CHECKING:
@@ -21,21 +21,19 @@ __all__ = ["extract"]
 @output_options
 @click.option("--encoder", required=True,
               help="Patch model that embeds tiles: a cmamil.models plugin (deit_small, swin_tiny …) or timm:<arch>.")
-@click.option("--weights", default=None,
-              help="Encoder weights: a local .pth/.safetensors file, or 'hub' to download [default: random].")
-@click.option("--model-option", "model_options", multiple=True, callback=key_values, metavar="KEY=VALUE",
-              help="Option passed to the encoder factory, repeatable (e.g. --model-option img_size=64).")
-@click.option("--input-px", type=click.IntRange(min=8), default=None,
-              help="Encoder input size; tiles are resized to it [default: the encoder's data_config size].")
+@option("weights", default=None,
+        help="Encoder weights: a local .pth/.safetensors file, or 'hub' to download [default: random].")
+@option("model_options", help="Option passed to the encoder factory, repeatable (e.g. --model-option img_size=64).")
+@option("input_px", default=None,
+        help="Encoder input size; tiles are resized to it [default: the encoder's data_config size].")
 @tiling_options
 @click.option("--coords", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
               help="Folder of `cmamil tile` coordinate files to use [default: those in --out, if any].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Tiles per encoder batch.")
-@click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="DataLoader worker processes that read and cut tiles while the encoder runs.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto uses CUDA when a GPU is visible (under torchrun: the rank's GPU).")
+@option("batch_size", default=64, show_default=True, help="Tiles per encoder batch.")
+@option("num_workers", default=2, show_default=True,
+        help="DataLoader worker processes that read and cut tiles while the encoder runs.")
+@option("device", default="auto", show_default=True,
+        help="auto uses CUDA when a GPU is visible (under torchrun: the rank's GPU).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Encoder arithmetic; fp16/bf16 autocast on CUDA only.")
 @click.option("--features-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,

@@ -1,7 +1,10 @@
-"""Options shared by the slide commands (`cmamil tile`, `cmamil extract`), defined once as click decorators.
+"""Command-line options shared by several commands, each defined once.
 
-`tiling_options` adds the magnification, tile-size, resolution and tissue options and hands the command one
-`tiling: TilingConfig`; `slides_argument` and `output_options` add the inputs and the output folder.
+`SHARED` holds the flags and help of every shared or config-derived option; `option(name)` gives one of them to
+a command (with that command's default), and `config_options(*config_classes)` gives a command every field of
+the training config classes, marking which kind of run each applies to and deriving its default. For the slide
+commands, `tiling_options` adds the magnification, tile-size, resolution and tissue options and hands the command
+one `tiling: TilingConfig`; `slides_argument` and `output_options` add the inputs and the output folder.
 """
 
 from __future__ import annotations
@@ -12,7 +15,16 @@ from typing import Any, Callable
 
 import click
 
-__all__ = ["key_values", "output_options", "slides_argument", "tiling_options"]
+__all__ = [
+    "SHARED",
+    "config_options",
+    "given_options",
+    "key_values",
+    "option",
+    "output_options",
+    "slides_argument",
+    "tiling_options",
+]
 
 TISSUE_CHOICES = ("saturation", "fluorescence", "none")
 
