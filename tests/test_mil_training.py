@@ -168,6 +168,20 @@ def test_cli_trains_cma_mil_end_to_end_and_reports(planted_files, tmp_path):
     assert report.exit_code == 0, report.output
     assert report.output.splitlines()[:4] == lines[:4]
     assert "figures: 5 written" in report.output and (run / "figures" / "fold_0_training.png").is_file()
+    # evaluate: every fold's model on feature files; on its own test bags it repeats the fold's predictions
+    out = tmp_path / "evaluated"
+    evaluated = CliRunner().invoke(main, ["evaluate", str(run), "--features", str(folder), "--labels", str(labels),
+                                          "--out", str(out), "--num-workers", "0", "--device", "cpu"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "auc:" in evaluated.output and "±" in evaluated.output
+    for fold in (0, 1):
+        saved = pd.read_csv(run / f"fold_{fold}" / "predictions.csv").set_index("id")
+        again = pd.read_csv(out / f"fold_{fold}" / "predictions.csv").set_index("id")
+        assert len(again) == 12 and json.loads((out / f"fold_{fold}" / "metrics.json").read_text())["n"] == 12
+        assert again.loc[saved.index, "prob_positive"].to_numpy() == pytest.approx(
+            saved["prob_positive"].to_numpy(), abs=1e-5)
+    wrong = CliRunner().invoke(main, ["evaluate", str(run), "--images", str(tmp_path)])
+    assert wrong.output.strip() == f"Error: {run} is a bags run: evaluate it with --features and --labels"
 
 
 def test_cli_reports_bad_inputs_in_one_line(planted_files, tmp_path):

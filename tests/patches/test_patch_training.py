@@ -156,6 +156,10 @@ def test_kfold_groups_patients_and_summarises_folds(tmp_path, invoke, fast_train
                      "--embeddings", "0", "--num-workers", "0", "--device", "cpu"])
     assert "f1_macro:" in result.output and "±" in result.output
     assert len(json.loads((out / "evaluate" / "flat-testing" / "summary.json").read_text())["folds"]) == 2
+    report = invoke(["report", str(out)])
+    lines = report.output.splitlines()
+    assert lines[0].split() == ["fold", "n", "auc", "accuracy", "balanced_accuracy", "f1_macro"]
+    assert lines[3].startswith("mean±std") and (out / "figures" / "roc.png").is_file()
 
 
 @pytest.mark.parametrize(
