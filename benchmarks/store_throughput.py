@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmamil.extract.store import BagWriter, bag_path, read_bag
+from cmamil.store import BagWriter, bag_path, read_bag
 
 
 def write(path: Path, rows: int, dim: int, batch: int, dtype: str) -> float:

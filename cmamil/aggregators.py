@@ -18,6 +18,7 @@ import torch
 
 from cmamil import registry
 from cmamil.errors import PluginError
+from cmamil.magnification import magnification_order
 
 __all__ = [
     "AggregatorOutput",
@@ -25,7 +26,6 @@ __all__ = [
     "aggregator_loss",
     "create_aggregator",
     "forward_bag",
-    "magnification_order",
 ]
 
 
@@ -56,23 +56,6 @@ class AggregatorOutput:
     logits: torch.Tensor
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
     aux_loss: torch.Tensor | None = None
-
-
-def magnification_order(mags: Any) -> tuple[str, ...]:
-    """Sort magnification names ('5x', '20x', '0.5um' …) from coarse to fine; a lone name of any form passes."""
-    names = tuple(mags)
-    if len(names) == 1:
-        return names
-
-    def resolution(name: str) -> float:
-        text = name.lower()
-        if text.endswith("x"):
-            return float(text[:-1])
-        if text.endswith("um"):
-            return 1.0 / float(text[:-2])
-        raise ValueError(f"magnification '{name}' is neither '<power>x' nor '<mpp>um'")
-
-    return tuple(sorted(names, key=resolution))
 
 
 def create_aggregator(

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cmamil.aggregators import Bag
+from cmamil.store import bag_id_from_path, read_bag
 
 __all__ = ["BagDataset", "FeatureScaler", "bag_loader", "fit_scaler"]
 
@@ -53,7 +54,7 @@ def fit_scaler(dataset: "BagDataset", eps: float = 1e-6) -> FeatureScaler:
 
 
 class BagDataset(Dataset):
-    """Item i is (bag, label tensor (1,)); a path item is read with `cmamil.extract.store.read_bag` on access
+    """Item i is (bag, label tensor (1,)); a path item is read with `cmamil.store.read_bag` on access
     (only `magnifications`, all by default); an in-memory Bag is served as it is."""
 
     def __init__(
@@ -78,8 +79,6 @@ class BagDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Bag, torch.Tensor]:
         item = self.items[index]
         if not isinstance(item, Bag):
-            from cmamil.extract.store import read_bag
-
             item = read_bag(item, self.magnifications, bag_id=self.ids[index])
         if self.scaler is not None:
             item = self.scaler(item)
@@ -87,9 +86,7 @@ class BagDataset(Dataset):
 
 
 def _item_id(item: Path | Bag) -> str:
-    if isinstance(item, Bag):
-        return item.bag_id
-    return item.parent.name if item.stem == "features" else item.stem
+    return item.bag_id if isinstance(item, Bag) else bag_id_from_path(item)
 
 
 def bag_loader(

@@ -58,8 +58,8 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     from cmamil.extract.batch import collect_slides
     from cmamil.extract.features import ExtractConfig, extract_slides
     from cmamil.extract.grid import TilingConfig
-    from cmamil.extract.resolution import parse_magnifications
     from cmamil.evaluation.report import report_run
+    from cmamil.magnification import parse_magnifications
     from cmamil.training.summary import format_summary
 
     start = time.perf_counter()

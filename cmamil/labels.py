@@ -11,12 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmamil.aggregators import magnification_order
 from cmamil.errors import InputError
+from cmamil.magnification import magnification_order
 
-__all__ = ["LabelTable", "find_feature_files", "load_labelled_bags", "read_labels"]
-
-FEATURE_SUFFIXES = (".h5", ".hdf5", ".zarr")
+__all__ = ["LabelTable", "load_labelled_bags", "read_labels"]
 
 
 @dataclass(frozen=True)
@@ -111,24 +109,6 @@ def _parse_labels(path: Path, class_names: tuple[str, ...] | None) -> tuple[Labe
     return table, problems
 
 
-def find_feature_files(folder: str | Path) -> dict[str, Path]:
-    """Feature files in `folder` by slide id: `<id>.h5|.hdf5|.zarr`, or `<id>/features.h5` (one folder per slide)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"feature folder {folder} does not exist")
-    found: dict[str, Path] = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.suffix.lower() in FEATURE_SUFFIXES:
-            found[entry.stem] = entry
-        elif entry.is_dir():
-            inner = next((entry / f"features{s}" for s in FEATURE_SUFFIXES if (entry / f"features{s}").exists()), None)
-            if inner is not None:
-                found.setdefault(entry.name, inner)
-    return found
-
-
 def load_labelled_bags(
     features: str | Path,
     labels: str | Path,
@@ -137,10 +117,12 @@ def load_labelled_bags(
 ) -> LabelTable:
     """labels.csv matched to the feature files in `features`, every bag checked for `magnifications` (default:
     those of the first bag) and one common feature size; all problems are reported in one error."""
-    from cmamil.extract.store import bag_info
+    from cmamil.store import bag_id_from_path, bag_info, list_bags
 
     table, problems = _parse_labels(Path(labels), class_names)
-    files = find_feature_files(features)
+    if not Path(features).is_dir():
+        raise InputError(f"feature folder {features} does not exist")
+    files = {bag_id_from_path(path): path for path in list_bags(features)}
     paths, dims = [], {}
     wanted = tuple(magnifications) if magnifications else None
     for slide in table.slide_ids:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from cmamil.aggregators import Bag, magnification_order
+from cmamil.aggregators import Bag
 from cmamil.atomic import write_text
+from cmamil.magnification import Magnification, magnification_order
 
 __all__ = ["PlantedSignal", "nested_bag", "planted_cohort", "write_bag", "write_planted_cohort"]
 
@@ -91,11 +92,11 @@ def planted_cohort(
 
 def write_bag(path: str | Path, bag: Bag, *, attrs: dict | None = None) -> Path:
     """Write `bag` as a feature file (h5 or zarr, from the suffix) through the feature-file store."""
-    from cmamil.extract.store import BagWriter
+    from cmamil.store import BagWriter
 
     with BagWriter(path, attrs=attrs or {"encoder": "synthetic"}) as writer:
         for mag in bag.magnifications:
-            writer.add_magnification(mag, bag.coords[mag], bag.parents[mag], {"mpp": 10 / float(mag[:-1])})
+            writer.add_magnification(mag, bag.coords[mag], bag.parents[mag], {"mpp": Magnification.parse(mag).mpp})
             writer.append_features(mag, bag.features[mag])
     return Path(path)
 
@@ -110,7 +111,7 @@ def write_planted_cohort(
 ) -> Path:
     """Write a planted cohort (`planted_cohort` options) as `<folder>/<bag_id>.h5` files and `<folder>/labels.csv`
     (slide_id, label, patient_id; consecutive bags share a patient); returns the labels.csv path."""
-    from cmamil.extract.store import bag_path
+    from cmamil.store import bag_path
 
     folder = Path(folder)
     bags, labels = planted_cohort(n_bags, **options)

@@ -34,7 +34,7 @@ from cmamil.extract.encoder import PRECISIONS, Encoder
 from cmamil.extract.grid import NestedGrid, TilingConfig, load_grid, plan_tiles
 from cmamil.extract.loading import SlideTiles
 from cmamil.extract.reader import open_slide
-from cmamil.extract.store import bag_info, bag_path, is_complete
+from cmamil.store import bag_info, bag_path, is_complete
 
 __all__ = ["BagJob", "BagPlan", "ExtractConfig", "Group", "extract_bags", "extract_slides", "manifest_name"]
 
@@ -229,7 +229,7 @@ def _write_bag(out_file: Path, plan: BagPlan, encoder: Encoder, config: ExtractC
     """Embed the plan's tiles chunk by chunk and stream the features into the bag's file (renamed when complete)."""
     from tqdm import tqdm
 
-    from cmamil.extract.store import BagWriter
+    from cmamil.store import BagWriter
 
     workers = config.num_workers if len(plan.tiles) > 1 else 0
     loader = DataLoader(

@@ -24,8 +24,9 @@ import numpy as np
 
 from cmamil.errors import InputError
 from cmamil.extract.reader import SlideReader
-from cmamil.extract.resolution import Magnification, Resolution, parse_magnifications, resolve_mpp
+from cmamil.extract.resolution import Resolution, resolve_mpp
 from cmamil.extract.tissue import TissueConfig, TissueMask, find_tissue
+from cmamil.magnification import Magnification, parse_magnifications
 
 __all__ = ["UPSAMPLE_LIMIT", "NestedGrid", "TileSet", "TilingConfig", "load_grid", "plan_tiles"]
 
@@ -153,7 +154,7 @@ class NestedGrid:
 
     def save(self, path: str | Path, *, attrs: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
         """Write the coordinate file (DESIGN §5 layout without features) atomically through the feature store."""
-        from cmamil.extract.store import BagWriter
+        from cmamil.store import BagWriter
 
         path = Path(path)
         with BagWriter(path, attrs={**self.attrs, **(attrs or {})}, coords_only=True, overwrite=overwrite) as writer:
@@ -217,7 +218,7 @@ def load_grid(path: str | Path) -> NestedGrid:
 
     Per-tile tissue fractions are not stored; they come back as NaN.
     """
-    from cmamil.extract.store import bag_info, read_coords
+    from cmamil.store import bag_info, read_coords
 
     info = bag_info(path)
     attrs = info.attrs

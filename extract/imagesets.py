@@ -26,15 +26,14 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from cmamil.aggregators import magnification_order
 from cmamil.errors import InputError
 from cmamil.extract.batch import SlideResult
 from cmamil.extract.encoder import Encoder
 from cmamil.extract.features import BagJob, BagPlan, ExtractConfig, Group, extract_bags
 from cmamil.extract.loading import ImageInstances, ImageTiles
 from cmamil.extract.reader import IMAGE_SUFFIXES
-from cmamil.extract.resolution import Magnification
 from cmamil.image_folders import patient_groups
+from cmamil.magnification import Magnification, magnification_order
 
 __all__ = ["ImageBag", "ImageSets", "collect_image_bags", "extract_image_sets"]
 

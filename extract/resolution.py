@@ -1,33 +1,24 @@
-"""Level-0 resolution (µm/px) of a slide, where it came from, and exact target magnifications.
+"""Level-0 resolution (µm/px) of a slide and the metadata it came from.
 
-Magnifications follow the microscope convention 20× = 0.5 µm/px (mpp = 10 / power) and are exact: a
-0.265 µm/px slide tiled at 20× reads 0.5 / 0.265 = 1.887 level-0 px per output px, never "about 2".
+Target magnifications (`cmamil.magnification`) are exact against it: a 0.265 µm/px slide tiled at 20× reads
+0.5 / 0.265 = 1.887 level-0 px per output px, never "about 2".
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
-from typing import Iterable
 
 from cmamil.errors import InputError
 from cmamil.extract.reader import SlideReader
+from cmamil.magnification import power_to_mpp
 
-__all__ = [
-    "MPP_RANGE",
-    "Magnification",
-    "Resolution",
-    "parse_magnifications",
-    "resolve_mpp",
-]
+__all__ = ["MPP_RANGE", "Resolution", "resolve_mpp"]
 
 log = logging.getLogger(__name__)
 
 # plausible level-0 µm/px of a slide or microscope image; values outside (e.g. 72 dpi defaults) are ignored
 MPP_RANGE = (0.02, 20.0)
-_UNITS = {"x": "x", "": "x", "um": "um", "µm": "um", "um/px": "um", "µm/px": "um", "mpp": "um"}
-_MAGNIFICATION = re.compile(r"^\s*(\d*\.?\d+)\s*([a-zµ/]*)\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -49,53 +40,13 @@ class Resolution:
         return (self.mpp_x + self.mpp_y) / 2
 
 
-@dataclass(frozen=True)
-class Magnification:
-    """A target resolution: its name ('20x', '0.5um') and its µm/px."""
-
-    name: str
-    mpp: float
-
-    @classmethod
-    def parse(cls, text: str) -> Magnification:
-        """'20', '20x' (objective power, 20× = 0.5 µm/px) or '0.5um', '0.5mpp', '0.5µm/px' (µm/px)."""
-        match = _MAGNIFICATION.match(str(text))
-        unit = _UNITS.get(match.group(2).lower()) if match else None
-        value = float(match.group(1)) if match else 0.0
-        if unit is None or value <= 0:
-            raise InputError(f"magnification '{text}' is neither a power like 20 or 20x nor µm/px like 0.5um")
-        if unit == "x":
-            return cls(f"{value:g}x", 10.0 / value)
-        return cls(f"{value:g}um", value)
-
-
-def parse_magnifications(spec: str | Iterable[str]) -> tuple[Magnification, ...]:
-    """Parse '5,10,20' or '2um,1um,0.5um' into nested magnifications, coarse to fine.
-
-    Each finer magnification must divide the coarser one's µm/px an integer number of times (5→10→20, or
-    5→20), so that every fine tile lies inside exactly one coarse tile.
-    """
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    mags = sorted((Magnification.parse(item) for item in items if str(item).strip()), key=lambda m: -m.mpp)
-    if not mags:
-        raise InputError("no magnification given; pass e.g. --magnifications 5,10,20")
-    for coarse, fine in zip(mags, mags[1:]):
-        ratio = coarse.mpp / fine.mpp
-        if abs(ratio - round(ratio)) > 1e-6 * ratio or round(ratio) < 2:
-            raise InputError(
-                f"magnifications {coarse.name} and {fine.name} do not nest: a finer magnification must be an "
-                f"integer multiple (2, 4 …) of the coarser one, e.g. 5,10,20"
-            )
-    return tuple(mags)
-
-
 def resolve_mpp(reader: SlideReader, mpp: float | None = None) -> Resolution:
     """Level-0 µm/px from, in order: `mpp` (the user's --mpp), openslide.mpp-x/y, TIFF resolution, objective power."""
     props = reader.properties
     objective = _number(props.get("openslide.objective-power"))
     found = _from_openslide(props) or _from_tiff(props)
     if objective and not found:
-        found = (10.0 / objective, 10.0 / objective, "objective-power")
+        found = (power_to_mpp(objective), power_to_mpp(objective), "objective-power")
     if mpp is not None:
         if not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:
             raise InputError(f"--mpp {mpp} is outside the plausible range {MPP_RANGE[0]}–{MPP_RANGE[1]} µm/px")

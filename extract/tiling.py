@@ -51,7 +51,7 @@ def tile_slides(
 
     With `debug`, an unexpected error (a bug, not bad input) is raised instead of recorded.
     """
-    from cmamil.extract.store import bag_info, bag_path
+    from cmamil.store import bag_info, bag_path
 
     seen: dict[str, Path] = {}
     for slide in slides:

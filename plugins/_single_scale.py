@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from cmamil.aggregators import Bag, magnification_order
+from cmamil.aggregators import Bag
+from cmamil.magnification import magnification_order
 
 __all__ = ["resolve_magnifications", "split_by_magnification", "stack_instances"]
 

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cmamil.aggregators import AggregatorOutput, Bag, magnification_order
+from cmamil.aggregators import AggregatorOutput, Bag
+from cmamil.magnification import magnification_order
 from cmamil.models import small_variant
 from cmamil.plugins._attention import GatedAttention
 from cmamil.plugins._instance import InstanceSupervised, instance_loss

@@ -25,9 +25,9 @@ from cmamil.extract.encoder import Encoder
 from cmamil.extract.features import ExtractConfig, extract_slides
 from cmamil.extract.grid import TilingConfig, plan_tiles
 from cmamil.extract.reader import OpenSlideReader, open_slide
-from cmamil.extract.store import BagWriter, bag_info, read_bag, read_coords
 from cmamil.extract.synthetic import Region, SyntheticTissue, write_slide
 from cmamil.models import create_model
+from cmamil.store import BagWriter, bag_info, read_bag, read_coords
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CMU = SHARED_DATA / "cmu1_small_region" / "CMU-1-Small-Region.svs"

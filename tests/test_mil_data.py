@@ -10,8 +10,8 @@ import torch
 from cmamil.aggregators import create_aggregator
 from cmamil.bag_dataset import BagDataset
 from cmamil.errors import InputError
-from cmamil.extract.store import BagWriter, bag_path
-from cmamil.labels import find_feature_files, load_labelled_bags, read_labels
+from cmamil.labels import load_labelled_bags, read_labels
+from cmamil.store import BagWriter, bag_id_from_path, bag_path, list_bags
 from cmamil.training.splits import Split, load_splits, make_splits, save_splits
 from cmamil.synthetic_bags import nested_bag, write_bag, write_planted_cohort
 
@@ -76,6 +76,20 @@ def test_feature_file_problems_are_reported_together(tmp_path):
     assert set(bag.features) == {"10x", "20x"} and bag.features["20x"].shape == (8, 8)
 
 
+def test_labels_match_every_feature_file_layout(tmp_path):
+    feats = tmp_path / "feats"
+    gen = torch.Generator().manual_seed(0)
+    paths = (feats / "a.h5", feats / "b.zarr", feats / "c" / "features.h5", feats / "d.hdf5")
+    for path in paths:
+        write_bag(path, nested_bag(2, 8, generator=gen))
+    labels = _write(tmp_path / "labels.csv", "slide_id,label\na,x\nb,y\nc,x\nd,y\n")
+    table = load_labelled_bags(feats, labels)
+    assert table.paths == paths and table.magnifications == ("5x", "10x", "20x")
+    assert [bag.bag_id for bag, _ in BagDataset(table.paths, table.labels)] == ["a", "b", "c", "d"]
+    with pytest.raises(InputError, match=f"^feature folder {tmp_path / 'none'} does not exist$"):
+        load_labelled_bags(tmp_path / "none", labels)
+
+
 def test_splits_are_disjoint_complete_stratified_and_keep_patients_together(tmp_path):
     ids = [f"s{i:02d}" for i in range(40)]
     labels = [i % 2 for i in range(40)]
@@ -115,7 +129,7 @@ def test_clam_style_splits_are_accepted_and_unknown_ids_refused(tmp_path):
 
 @pytest.mark.skipif(not MOPADI.is_dir(), reason="shared real data (mopadi_tcga_features) is absent")
 def test_real_foreign_feature_files_load_as_bags(tmp_path):
-    files = find_feature_files(MOPADI)
+    files = {bag_id_from_path(path): path for path in list_bags(MOPADI)}
     assert set(files) == {"TCGA-AD-6964-01Z-00-DX1", "TCGA-3X-AAVA-01Z-00-DX1"}
     rows = "TCGA-3X-AAVA-01Z-00-DX1,CHOL\nTCGA-AD-6964-01Z-00-DX1,MSIH\n"
     labels = _write(tmp_path / "labels.csv", "slide_id,label\n" + rows)

@@ -17,7 +17,7 @@ from cmamil.aggregators import create_aggregator
 from cmamil.cli import main
 from cmamil.environment import seed_everything
 from cmamil.errors import InputError
-from cmamil.extract.store import read_bag
+from cmamil.store import read_bag
 from cmamil.synthetic_bags import PlantedSignal, write_planted_cohort
 from cmamil.training.bags import BagTask
 from cmamil.training.checkpoint import load_checkpoint

@@ -11,7 +11,7 @@ from cmamil.aggregators import AggregatorOutput, aggregator_loss, create_aggrega
 from cmamil.training.checkpoint import load_checkpoint
 from cmamil.cli import main
 from cmamil.errors import InputError, PluginError
-from cmamil.extract.store import read_bag
+from cmamil.store import read_bag
 from cmamil.models import IMAGENET_MEAN, DataConfig, create_model
 from cmamil.plugin_check import check_aggregator, check_model, random_bag
 from cmamil.synthetic_bags import PlantedSignal, write_planted_cohort

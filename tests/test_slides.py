@@ -14,7 +14,7 @@ from PIL import Image
 
 from cmamil.errors import InputError
 from cmamil.extract.reader import ImageReader, OpenSlideReader, open_slide
-from cmamil.extract.resolution import Magnification, parse_magnifications, resolve_mpp
+from cmamil.extract.resolution import resolve_mpp
 from cmamil.extract.synthetic import Region, SyntheticTissue, write_slide
 from cmamil.extract.tissue import TissueConfig, find_tissue
 
@@ -106,17 +106,6 @@ def test_missing_metadata_asks_for_mpp_and_user_value_wins(tmp_path):
     Image.new("RGB", (32, 32)).save(png, dpi=(72, 72))  # 352.8 µm/px: a screen default, not a microscope
     with pytest.raises(InputError, match="pass --mpp"):
         resolve_mpp(open_slide(png))
-
-
-def test_magnification_parsing():
-    assert [(m.name, m.mpp) for m in parse_magnifications("20,5,10")] == [("5x", 2.0), ("10x", 1.0), ("20x", 0.5)]
-    assert [m.mpp for m in parse_magnifications("2.0um, 1um,0.5µm/px")] == [2.0, 1.0, 0.5]
-    assert Magnification.parse("40x").mpp == pytest.approx(0.25)
-    assert [m.name for m in parse_magnifications("5,20")] == ["5x", "20x"]
-    bad_specs = {"10,25": "do not nest", "20,20": "do not nest", "abc": "neither a power", "": "no magnification"}
-    for bad, message in bad_specs.items():
-        with pytest.raises(InputError, match=message):
-            parse_magnifications(bad)
 
 
 @pytest.mark.parametrize("slide_mpp", [0.25, 0.265])

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from cmamil.errors import InputError
-from cmamil.extract.store import (
+from cmamil.store import (
     FORMAT,
     BagWriter,
+    bag_id_from_path,
     bag_info,
     bag_path,
     is_complete,
@@ -90,9 +91,9 @@ def test_streamed_batches_equal_one_write(tmp_path, fmt):
 
 
 def test_streaming_spans_many_chunks(tmp_path, monkeypatch):
-    import cmamil.extract.store as store
+    import cmamil.store.writer as writer
 
-    monkeypatch.setattr(store, "_CHUNK_BYTES", 7 * DIM * 4)  # 7-row chunks: batches of 5 straddle chunk edges
+    monkeypatch.setattr(writer, "_CHUNK_BYTES", 7 * DIM * 4)  # 7-row chunks: batches of 5 straddle chunk edges
     levels = nested_bag(seed=2)
     path = write_bag(bag_path(tmp_path, "b", "zarr"), levels, batch=5)
     np.testing.assert_array_equal(read_bag(path).features["20x"].numpy(), levels["20x"]["features"])
@@ -252,6 +253,33 @@ def test_list_bags_ignores_temporary_files(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert list_bags(tmp_path) == [tmp_path / "a.zarr", tmp_path / "b.h5"]
     assert is_complete(tmp_path / "b.h5") and not is_complete(tmp_path / "c.h5")
+
+
+def test_list_bags_finds_bags_kept_in_folders_of_their_own(tmp_path):
+    write_bag(bag_path(tmp_path, "b"), nested_bag())
+    write_bag(tmp_path / "c.hdf5", nested_bag())
+    write_bag(tmp_path / "a" / "features.h5", nested_bag())
+    write_bag(tmp_path / "d" / "features.zarr", nested_bag())
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "features.txt").write_text("x")
+    (tmp_path / "e" / ".features.h5.123-abcd.tmp").write_bytes(b"partial")
+    (tmp_path / ".f").mkdir()
+    write_bag(tmp_path / ".f" / "features.h5", nested_bag())
+    bags = list_bags(tmp_path)
+    expected = [tmp_path / "a" / "features.h5", tmp_path / "b.h5", tmp_path / "c.hdf5", tmp_path / "d" / "features.zarr"]
+    assert bags == expected
+    assert [bag_id_from_path(p) for p in bags] == ["a", "b", "c", "d"]
+    assert [bag_info(p).bag_id for p in bags] == ["a", "b", "c", "d"]
+
+
+def test_magnification_names_must_be_canonical(tmp_path):
+    with BagWriter(bag_path(tmp_path, "a"), coords_only=True) as writer:
+        bad_names = {"20": "name the group '20x'", "0.5mpp": "name the group '0.5um'", "all": "neither"}
+        for bad, message in bad_names.items():
+            with pytest.raises(InputError, match=message):
+                writer.add_magnification(bad, [[0, 0]])
+        writer.add_magnification("0.5um", [[0, 0]])
+    assert bag_info(tmp_path / "a.h5").magnifications == ("0.5um",)
 
 
 def test_clam_style_foreign_file(tmp_path):
