@@ -26,7 +26,7 @@ from cmamil.extract.features import ExtractConfig, extract_slides
 from cmamil.extract.grid import TilingConfig, plan_tiles
 from cmamil.extract.reader import OpenSlideReader, open_slide
 from cmamil.extract.store import BagWriter, bag_info, read_bag, read_coords
-from cmamil.extract.synthetic import Region, SyntheticTissue, write_slide
+from cmamil.synthetic import Region, SyntheticTissue, write_slide
 from cmamil.models import create_model
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -9,7 +9,7 @@ from cmamil.errors import InputError
 from cmamil.extract.grid import TilingConfig, load_grid, plan_tiles
 from cmamil.extract.reader import open_slide
 from cmamil.extract.store import bag_info
-from cmamil.extract.synthetic import Region, SyntheticTissue, write_slide
+from cmamil.synthetic import Region, SyntheticTissue, write_slide
 from cmamil.extract.tissue import TissueConfig
 
 

@@ -20,7 +20,7 @@ from cmamil.errors import InputError
 from cmamil.extract.store import read_bag
 from cmamil.mil_training import MILTrainConfig, evaluate, fit, run_kfold
 from cmamil.splits import load_splits, make_splits
-from cmamil.synthetic_bags import PlantedSignal, planted_cohort, write_planted_cohort
+from cmamil.synthetic import PlantedSignal, planted_cohort, write_planted_cohort
 
 MAGS = ("5x", "10x", "20x")
 

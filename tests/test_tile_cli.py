@@ -14,7 +14,7 @@ from PIL import Image
 
 from cmamil.cli import main
 from cmamil.extract.store import bag_info, read_coords
-from cmamil.extract.synthetic import Region, SyntheticTissue, write_slide
+from cmamil.synthetic import Region, SyntheticTissue, write_slide
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CMU = SHARED_DATA / "cmu1_small_region" / "CMU-1-Small-Region.svs"

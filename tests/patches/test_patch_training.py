@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cmamil.cli import main
 from cmamil.errors import InputError
 from cmamil.patch_training import PatchTrainConfig, train_patches
-from cmamil.synthetic_patches import CLASSES, PATIENT_PATTERN, write_patch_set
+from cmamil.synthetic import PATCH_CLASSES, PATCH_PATIENT_PATTERN, write_patch_set
 
 FAST = dict(model="example_cnn", model_options={"img_size": 32}, lr=3e-3, warmup_epochs=1, batch_size=8,
             num_workers=0, device="cpu", min_epochs=0, explain=0, embeddings=0)
@@ -32,7 +32,7 @@ def test_training_beats_chance_and_fills_the_run_folder(trained_run):
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert config["options"]["model"] == "example_cnn" and config["options"]["epochs"] == 6
     assert config["options"]["weight_decay"] == 0.05 and config["options"]["optimizer"] == "adamw"
-    assert config["classes"] == list(CLASSES)
+    assert config["classes"] == list(PATCH_CLASSES)
     assert config["images"]["run"]["train"] == {"benign": 16, "malignant": 16}
     assert {"torch", "timm", "cmamil", "cpu_count"} <= set(config["environment"])
     log = pd.read_csv(trained_run / "train_log.csv")
@@ -42,7 +42,7 @@ def test_training_beats_chance_and_fills_the_run_folder(trained_run):
         assert log[column].notna().all(), column
     assert log["lr"].iloc[0] == pytest.approx(3e-3) and log["lr"].iloc[-1] < 3e-4  # warm-up, then cosine
     best = torch.load(trained_run / "best.pt", weights_only=True)
-    assert best["epoch"] == metrics["best_epoch"] and best["class_names"] == list(CLASSES)
+    assert best["epoch"] == metrics["best_epoch"] and best["class_names"] == list(PATCH_CLASSES)
     assert best["val_metrics"]["f1_macro"] == pytest.approx(log["val_f1_macro"].max(), abs=1e-6)
     assert not (trained_run / "last.pt").exists()
     for name in ("confusion_matrix.png", "roc.png", "pr.png", "predictions.csv", "metrics.csv", "per_class.csv"):
@@ -66,10 +66,10 @@ def test_tensorboard_events_hold_every_epoch_and_the_test_evaluation(trained_run
 def test_evaluation_numbers_equal_scikit_learn_on_saved_predictions(trained_run):
     metrics = json.loads((trained_run / "eval" / "metrics.json").read_text())
     table = pd.read_csv(trained_run / "eval" / "predictions.csv")
-    y_true = table["label"].map(CLASSES.index).to_numpy()
-    probs = table[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    y_true = table["label"].map(PATCH_CLASSES.index).to_numpy()
+    probs = table[[f"prob_{c}" for c in PATCH_CLASSES]].to_numpy()
     y_pred = probs.argmax(1)
-    assert (table["prediction"].map(CLASSES.index).to_numpy() == y_pred).all()
+    assert (table["prediction"].map(PATCH_CLASSES.index).to_numpy() == y_pred).all()
     assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
     assert metrics["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
     assert metrics["f1_macro"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
@@ -77,7 +77,7 @@ def test_evaluation_numbers_equal_scikit_learn_on_saved_predictions(trained_run)
     assert metrics["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred).tolist()
     per_class = pd.read_csv(trained_run / "eval" / "per_class.csv").set_index("class")
     recall = skm.recall_score(y_true, y_pred, average=None)
-    assert per_class.loc[list(CLASSES), "recall"].to_numpy() == pytest.approx(recall)
+    assert per_class.loc[list(PATCH_CLASSES), "recall"].to_numpy() == pytest.approx(recall)
 
 
 def test_interrupted_training_resumes_to_the_same_result(stripes_100x, tmp_path):
@@ -123,7 +123,7 @@ def test_kfold_groups_patients_and_summarises_folds(tmp_path, invoke, fast_train
     root = write_patch_set(tmp_path / "flat", layout="flat", sizes={"all": 18}, patients=6, seed=3)
     (root / "benign" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "run"
-    invoke(["train", "--images", str(root), "--out", str(out), "--folds", "2", "--group-by", PATIENT_PATTERN,
+    invoke(["train", "--images", str(root), "--out", str(out), "--folds", "2", "--group-by", PATCH_PATIENT_PATTERN,
             "--epochs", "1", "--explain", "0", "--embeddings", "0", *fast_train])
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert [Path(p).name for p, _ in config["skipped_images"]] == ["broken.png"]
@@ -136,7 +136,7 @@ def test_kfold_groups_patients_and_summarises_folds(tmp_path, invoke, fast_train
         held_out = set(patient[split["split"] == "test"])
         assert held_out.isdisjoint(patient[split["split"] != "test"])
         assert set(patient[split["split"] == "val"]).isdisjoint(patient[split["split"] == "train"])
-        assert set(split.loc[split["split"] == "test", "label"]) == set(CLASSES)  # stratified
+        assert set(split.loc[split["split"] == "test", "label"]) == set(PATCH_CLASSES)  # stratified
         tested += list(split.loc[split["split"] == "test", "path"])
         everything |= set(split["path"])
         fold_metrics = json.loads((out / f"fold_{k}" / "eval" / "metrics.json").read_text())
