@@ -25,7 +25,7 @@ import torch
 from cmamil.extract.allocator import keep_freed_memory
 from cmamil.extract.features import ExtractConfig, extract_slides
 from cmamil.extract.grid import TilingConfig
-from cmamil.extract.synthetic import Region, SyntheticTissue, write_slide
+from cmamil.synthetic import Region, SyntheticTissue, write_slide
 
 
 def synthetic_slide(folder: Path, width: int, height: int, mpp: float) -> Path:

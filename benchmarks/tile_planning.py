@@ -19,7 +19,7 @@ from cmamil.extract.grid import TilingConfig, plan_tiles
 from cmamil.extract.qc import write_qc
 from cmamil.extract.reader import open_slide
 from cmamil.extract.resolution import resolve_mpp
-from cmamil.extract.synthetic import Region, SyntheticTissue, write_slide
+from cmamil.synthetic import Region, SyntheticTissue, write_slide
 from cmamil.extract.tiling import tile_slide
 from cmamil.extract.tissue import find_tissue
 

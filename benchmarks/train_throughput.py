@@ -31,7 +31,7 @@ def worker(config: str, size: int, dim: int, iters: int, device_name: str, threa
 
     from cmamil.aggregators import aggregator_loss, create_aggregator, forward_bag
     from cmamil.environment import resolve_device
-    from cmamil.synthetic_bags import nested_bag
+    from cmamil.synthetic import nested_bag
 
     if threads:
         torch.set_num_threads(threads)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cmamil.cohort import CohortConfig
+from cmamil.synthetic import CohortConfig
 
 __all__ = ["COMPARISON", "DemoConfig", "comparison_table", "run_demo"]
 
@@ -54,7 +54,7 @@ class DemoConfig:
 
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage (skipping finished work), print progress and the results table; return the summary."""
-    from cmamil.cohort import make_cohort
+    from cmamil.synthetic import make_cohort
     from cmamil.extract.batch import collect_slides
     from cmamil.extract.features import ExtractConfig, extract_slides
     from cmamil.extract.grid import TilingConfig

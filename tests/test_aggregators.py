@@ -14,7 +14,7 @@ from cmamil.errors import PluginError
 from cmamil.losses import SmoothTop1SVM
 from cmamil.plugin_check import check_aggregator
 from cmamil.plugins.cma_mil import ancestors, dense_attention, local_attention
-from cmamil.synthetic_bags import nested_bag
+from cmamil.synthetic import nested_bag
 
 MAGS = ("5x", "10x", "20x")
 BUILTINS = ("abmil", "clam_sb", "cma_mil", "mean_pool")

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cmamil.cohort import REGION_CODES, CohortConfig, render_slide
+from cmamil.errors import InputError
+from cmamil.labels import read_labels
+from cmamil.synthetic import REGION_CODES, CohortConfig, make_cohort, render_slide
 
 CONFIG = CohortConfig()
 
@@ -64,7 +66,19 @@ def test_texture_is_visible_at_20x_and_averages_away_at_5x():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="prevalence"):
+    with pytest.raises(InputError, match="prevalence"):
         CohortConfig(prevalence=1.0)
-    with pytest.raises(ValueError, match="too small"):
+    with pytest.raises(InputError, match="too small"):
         CohortConfig(ring_radius_um=10.0)
+
+
+def test_cohort_labels_are_drawn_per_patient(tmp_path):
+    config = CohortConfig(n_slides=4, size_um=900.0, sites_per_slide=1, separation_um=100.0, slides_per_patient=2)
+    slides = make_cohort(tmp_path, config)
+    table = read_labels(tmp_path / "labels.csv")
+    assert table.slide_ids == ("slide_000", "slide_001", "slide_002", "slide_003")
+    assert table.patients == ("patient_000", "patient_000", "patient_001", "patient_001")
+    assert table.class_names == ("negative", "positive")
+    assert table.labels[0] == table.labels[1] and table.labels[2] == table.labels[3] and sum(table.labels) == 2
+    assert [s.label for s in slides] == [table.class_names[k] for k in table.labels]
+    assert all(s.path.is_file() and s.truth_path.is_file() for s in slides)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cmamil.cohort import CohortConfig
+from cmamil.synthetic import CohortConfig
 from cmamil.demo import DemoConfig, run_demo
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ from cmamil.extract.encoder import Encoder
 from cmamil.extract.features import ExtractConfig, extract_slides
 from cmamil.extract.grid import TilingConfig, plan_tiles
 from cmamil.extract.reader import OpenSlideReader, open_slide
-from cmamil.extract.synthetic import Region, SyntheticTissue, write_slide
+from cmamil.synthetic import Region, SyntheticTissue, write_slide
 from cmamil.models import create_model
 from cmamil.store import BagWriter, bag_info, read_bag, read_coords
 

@@ -8,7 +8,7 @@ import pytest
 from cmamil.errors import InputError
 from cmamil.extract.grid import TilingConfig, load_grid, plan_tiles
 from cmamil.extract.reader import open_slide
-from cmamil.extract.synthetic import Region, SyntheticTissue, write_slide
+from cmamil.synthetic import Region, SyntheticTissue, write_slide
 from cmamil.extract.tissue import TissueConfig
 from cmamil.store import bag_info
 

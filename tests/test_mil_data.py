@@ -13,7 +13,7 @@ from cmamil.errors import InputError
 from cmamil.labels import load_labelled_bags, read_labels
 from cmamil.store import BagWriter, bag_id_from_path, bag_path, list_bags
 from cmamil.training.splits import Split, load_splits, make_splits, save_splits
-from cmamil.synthetic_bags import nested_bag, write_bag, write_planted_cohort
+from cmamil.synthetic import nested_bag, write_bag, write_planted_cohort
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MOPADI = SHARED_DATA / "mopadi_tcga_features"

@@ -18,7 +18,7 @@ from cmamil.cli import main
 from cmamil.environment import seed_everything
 from cmamil.errors import InputError
 from cmamil.store import read_bag
-from cmamil.synthetic_bags import PlantedSignal, write_planted_cohort
+from cmamil.synthetic import PlantedSignal, write_planted_cohort
 from cmamil.training.bags import BagTask
 from cmamil.training.checkpoint import load_checkpoint
 from cmamil.training.config import BagTrainConfig

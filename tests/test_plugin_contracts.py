@@ -14,7 +14,7 @@ from cmamil.errors import InputError, PluginError
 from cmamil.store import read_bag
 from cmamil.models import IMAGENET_MEAN, DataConfig, create_model
 from cmamil.plugin_check import check_aggregator, check_model, random_bag
-from cmamil.synthetic_bags import PlantedSignal, write_planted_cohort
+from cmamil.synthetic import PlantedSignal, write_planted_cohort
 
 MAGS = ("5x", "10x")
 

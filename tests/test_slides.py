@@ -15,7 +15,7 @@ from PIL import Image
 from cmamil.errors import InputError
 from cmamil.extract.reader import ImageReader, OpenSlideReader, open_slide
 from cmamil.extract.resolution import resolve_mpp
-from cmamil.extract.synthetic import Region, SyntheticTissue, write_slide
+from cmamil.synthetic import Region, SyntheticTissue, write_slide
 from cmamil.extract.tissue import TissueConfig, find_tissue
 
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cmamil.cli import main
-from cmamil.extract.synthetic import Region, SyntheticTissue, write_slide
+from cmamil.synthetic import Region, SyntheticTissue, write_slide
 from cmamil.store import bag_info, read_coords
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

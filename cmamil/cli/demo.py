@@ -32,7 +32,7 @@ def demo(out: Path, slides: int, signal: float, folds: int, epochs: int, cross_a
     \b
     The cohort plants a cross-magnification signal: positive slides hold fine 20x texture inside
     gland-like rings that only coarser tiles show whole; negatives hold both, never together
-    (see cmamil/cohort.py). Takes a few minutes on 2 CPU cores.
+    (see cmamil/synthetic/cohort.py). Takes a few minutes on 2 CPU cores.
 
     \b
     Examples:
@@ -40,7 +40,7 @@ def demo(out: Path, slides: int, signal: float, folds: int, epochs: int, cross_a
       cmamil demo --compare --out cmamil-demo
       tensorboard --logdir cmamil-demo/runs
     """
-    from cmamil.cohort import CohortConfig
+    from cmamil.synthetic import CohortConfig
     from cmamil.demo import DemoConfig, run_demo
 
     config = DemoConfig(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cmamil.synthetic_patches import write_patch_set
+from cmamil.synthetic import write_patch_set
 
 # fast settings for every training in these tests: the example plugin's CNN at 32 px on CPU
 FAST_TRAIN = [

@@ -14,7 +14,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from cmamil.cli import main
-from cmamil.synthetic_patches import CLASSES, texture_image
+from cmamil.synthetic import PATCH_CLASSES, texture_image
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 NCT_CLASSES = ("ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM")
@@ -29,12 +29,12 @@ def test_evaluate_on_another_magnification(trained_run, stripes_400x, tmp_path, 
     metrics = json.loads((out / "metrics.json").read_text())
     table = pd.read_csv(out / "predictions.csv")
     assert len(table) == metrics["n"] == 16
-    probs = table[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    probs = table[[f"prob_{c}" for c in PATCH_CLASSES]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
-    y_true, y_pred = table["label"].map(CLASSES.index).to_numpy(), probs.argmax(1)
+    y_true, y_pred = table["label"].map(PATCH_CLASSES.index).to_numpy(), probs.argmax(1)
     assert metrics["f1_macro"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
     precision = skm.precision_score(y_true, y_pred, average=None, zero_division=0)
-    assert [metrics["per_class"][c]["precision"] for c in CLASSES] == pytest.approx(precision)
+    assert [metrics["per_class"][c]["precision"] for c in PATCH_CLASSES] == pytest.approx(precision)
     speed = metrics["speed"]
     assert speed["throughput_batch_size"] == 4 and speed["peak_memory_kind"] == "process_max_rss"
     assert all(np.isfinite(speed[k]) and speed[k] > 0

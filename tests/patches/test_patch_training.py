@@ -19,7 +19,7 @@ from cmamil.cli import main
 from cmamil.errors import InputError
 from cmamil.training.config import PatchTrainConfig
 from cmamil.training.runner import run_training
-from cmamil.synthetic_patches import CLASSES, PATIENT_PATTERN, write_patch_set
+from cmamil.synthetic import PATCH_CLASSES, PATCH_PATIENT_PATTERN, write_patch_set
 
 FAST = dict(model="example_cnn", model_options={"img_size": 32}, lr=3e-3, warmup_epochs=1, batch_size=8,
             num_workers=0, device="cpu", min_epochs=0, explain=0, embeddings=0)
@@ -35,7 +35,7 @@ def test_training_beats_chance_and_fills_the_run_folder(trained_run):
     assert config["kind"] == "patches"
     assert config["config"]["model"] == "example_cnn" and config["config"]["epochs"] == 6
     assert config["config"]["weight_decay"] == 0.05 and config["config"]["optimizer"] == "adamw"
-    assert config["class_names"] == list(CLASSES)
+    assert config["class_names"] == list(PATCH_CLASSES)
     assert config["data"]["per_class"] == {"benign": 30, "malignant": 30}
     assert {"torch", "timm", "cmamil", "cpu_count"} <= set(config["environment"])
     log = pd.read_csv(fold / "history.csv")
@@ -45,7 +45,7 @@ def test_training_beats_chance_and_fills_the_run_folder(trained_run):
         assert log[column].notna().all(), column
     assert log["lr"].iloc[0] == pytest.approx(3e-3) and log["lr"].iloc[-1] < 3e-4  # warm-up, then cosine
     best = torch.load(fold / "checkpoint.pt", weights_only=True)
-    assert best["epoch"] == metrics["best_epoch"] and best["class_names"] == list(CLASSES)
+    assert best["epoch"] == metrics["best_epoch"] and best["class_names"] == list(PATCH_CLASSES)
     assert best["val_metrics"]["f1_macro"] == pytest.approx(log["val_f1_macro"].max(), abs=1e-6)
     assert not (fold / "last.pt").exists()
     for name in ("figures/confusion_matrix.png", "figures/roc.png", "figures/pr.png", "figures/fold_0_training.png",
@@ -69,17 +69,17 @@ def test_tensorboard_events_hold_every_epoch_and_the_test_evaluation(trained_run
 def test_evaluation_numbers_equal_scikit_learn_on_saved_predictions(trained_run):
     metrics = json.loads((trained_run / "fold_0" / "metrics.json").read_text())["test"]
     table = pd.read_csv(trained_run / "fold_0" / "predictions.csv")
-    y_true = table["label"].map(CLASSES.index).to_numpy()
-    probs = table[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    y_true = table["label"].map(PATCH_CLASSES.index).to_numpy()
+    probs = table[[f"prob_{c}" for c in PATCH_CLASSES]].to_numpy()
     y_pred = probs.argmax(1)
-    assert (table["prediction"].map(CLASSES.index).to_numpy() == y_pred).all()
+    assert (table["prediction"].map(PATCH_CLASSES.index).to_numpy() == y_pred).all()
     assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
     assert metrics["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
     assert metrics["f1_macro"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
     assert metrics["auc"] == pytest.approx(skm.roc_auc_score(y_true, probs[:, 1]), abs=1e-6)
     assert metrics["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred).tolist()
     recall = skm.recall_score(y_true, y_pred, average=None)
-    assert [metrics["per_class"][c]["recall"] for c in CLASSES] == pytest.approx(recall)
+    assert [metrics["per_class"][c]["recall"] for c in PATCH_CLASSES] == pytest.approx(recall)
 
 
 def test_interrupted_training_resumes_to_the_same_result(stripes_100x, tmp_path):
@@ -125,7 +125,7 @@ def test_kfold_groups_patients_and_summarises_folds(tmp_path, invoke, fast_train
     root = write_patch_set(tmp_path / "flat", layout="flat", sizes={"all": 18}, patients=6, seed=3)
     (root / "benign" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "run"
-    invoke(["train", "--images", str(root), "--out", str(out), "--folds", "2", "--group-by", PATIENT_PATTERN,
+    invoke(["train", "--images", str(root), "--out", str(out), "--folds", "2", "--group-by", PATCH_PATIENT_PATTERN,
             "--epochs", "1", "--explain", "0", "--embeddings", "0", *fast_train])
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert [Path(p).name for p, _ in config["data"]["skipped_images"]] == ["broken.png"]
@@ -139,7 +139,7 @@ def test_kfold_groups_patients_and_summarises_folds(tmp_path, invoke, fast_train
         held_out = set(patient[split["split"] == "test"])
         assert held_out.isdisjoint(patient[split["split"] != "test"])
         assert set(patient[split["split"] == "val"]).isdisjoint(patient[split["split"] == "train"])
-        assert set(split.loc[split["split"] == "test", "label"]) == set(CLASSES)  # stratified
+        assert set(split.loc[split["split"] == "test", "label"]) == set(PATCH_CLASSES)  # stratified
         tested += list(split.loc[split["split"] == "test", "id"])
         everything |= set(split["id"])
         fold_metrics = json.loads((out / f"fold_{k}" / "metrics.json").read_text())

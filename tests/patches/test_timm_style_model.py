@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cmamil.synthetic_patches import write_patch_set
+from cmamil.synthetic import write_patch_set
 
 TIMM_STYLE = [
     "--model", "example_timm_cnn", "--model-option", "img_size=16", "--epochs", "1", "--warmup-epochs", "1",

@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["CLASSES", "PATIENT_PATTERN", "SPLIT_SIZES", "texture_image", "write_patch_set"]
+from cmamil.errors import InputError
 
-CLASSES = ("benign", "malignant")
-PATIENT_PATTERN = r"SOB_[BM]_[A-Z]+-([^-]+-[^-]+)-"
-SPLIT_SIZES = {"training": 16, "validation": 6, "testing": 8}
+__all__ = ["PATCH_CLASSES", "PATCH_PATIENT_PATTERN", "PATCH_SPLIT_SIZES", "texture_image", "write_patch_set"]
+
+PATCH_CLASSES = ("benign", "malignant")
+PATCH_PATIENT_PATTERN = r"SOB_[BM]_[A-Z]+-([^-]+-[^-]+)-"
+PATCH_SPLIT_SIZES = {"training": 16, "validation": 6, "testing": 8}
 
 
 def texture_image(label: int, period: float, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -46,12 +48,12 @@ def write_patch_set(
 ) -> Path:
     """Write PNGs under ROOT/<split>/<class>/ (or ROOT/<class>/ with layout='flat'); `sizes` is images per class."""
     if layout not in ("splits", "flat"):
-        raise ValueError(f"layout must be 'splits' or 'flat', got {layout!r}")
+        raise InputError(f"layout must be 'splits' or 'flat', got {layout!r}")
     root = Path(root)
     rng = np.random.default_rng(seed)
     counter = 0
-    for split, count in (sizes or SPLIT_SIZES).items():
-        for label, name in enumerate(CLASSES):
+    for split, count in (sizes or PATCH_SPLIT_SIZES).items():
+        for label, name in enumerate(PATCH_CLASSES):
             folder = root / name if layout == "flat" else root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):

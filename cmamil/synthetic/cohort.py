@@ -25,6 +25,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from cmamil.atomic import atomic_path
+from cmamil.errors import InputError
+from cmamil.synthetic._labels import patient_ids, write_labels
+from cmamil.synthetic.slides import write_slide
+
 __all__ = ["REGION_CODES", "CohortConfig", "CohortSlide", "make_cohort", "render_slide"]
 
 REGION_CODES = {"background": 0, "tissue": 1, "wall": 2, "texture_inside": 3, "texture_outside": 4}
@@ -54,15 +59,15 @@ class CohortConfig:
 
     def __post_init__(self) -> None:
         if self.n_slides < 2:
-            raise ValueError("a cohort needs at least 2 slides")
+            raise InputError(f"a cohort needs at least 2 slides, got {self.n_slides}; raise n_slides")
         if not 0.0 < self.prevalence < 1.0:
-            raise ValueError("prevalence must lie strictly between 0 and 1")
+            raise InputError(f"prevalence must lie strictly between 0 and 1, got {self.prevalence:g}")
         if self.signal < 0:
-            raise ValueError("signal must be ≥ 0")
+            raise InputError(f"signal must be ≥ 0 (0 removes it), got {self.signal:g}")
         if self.texture_radius_um <= 0:
-            raise ValueError("ring_radius_um is too small for wall_um and gap_um")
+            raise InputError("ring_radius_um is too small for wall_um and gap_um; raise it or narrow the wall and gap")
         if self.size_um < 4 * self.ring_radius_um * self.sites_per_slide**0.5:
-            raise ValueError("size_um is too small for sites_per_slide rings")
+            raise InputError("size_um is too small for sites_per_slide rings; raise size_um or lower sites_per_slide")
 
     @property
     def texture_radius_um(self) -> float:
@@ -89,7 +94,7 @@ def render_slide(config: CohortConfig, positive: bool, rng: np.random.Generator)
         try:
             rings, discs, inside = _layout(config, tissue, positive, rng)
             break
-        except ValueError:
+        except InputError:
             if attempt == 4:
                 raise
     mottle = _smooth_field(rng.standard_normal((side // 64 + 2, side // 64 + 2)), side)
@@ -122,7 +127,7 @@ def render_slide(config: CohortConfig, positive: bool, rng: np.random.Generator)
 def _layout(
     config: CohortConfig, tissue: np.ndarray, positive: bool, rng: np.random.Generator
 ) -> tuple[list[tuple[float, float]], list[tuple[float, float]], list[bool]]:
-    """Ring centres, disc centres (µm) and which discs sit inside a ring; raises ValueError when they don't fit."""
+    """Ring centres, disc centres (µm) and which discs sit inside a ring; raises InputError when they don't fit."""
     n = config.sites_per_slide
     r, w, rt = config.ring_radius_um, config.wall_um, config.texture_radius_um
     rings = _place(config, tissue, rng, n, r + w, [])
@@ -135,7 +140,7 @@ def _layout(
 
 
 def _window(side: int, mpp: float, cy: float, cx: float, radius: float) -> tuple[tuple[slice, slice], np.ndarray]:
-    """The pixel window around a centre (µm) and each window pixel's distance (µm) to it."""
+    """The pixel window around a centre and each window pixel's distance to it, in µm at `mpp` (px with mpp=1)."""
     y0, x0 = (max(int((c - radius) / mpp) - 1, 0) for c in (cy, cx))
     y1, x1 = (min(int((c + radius) / mpp) + 2, side) for c in (cy, cx))
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) * np.float32(mpp)
@@ -183,7 +188,7 @@ def _place(
         xs = np.clip((cx + radius * np.cos(border)) / config.mpp, 0, tissue.shape[1] - 1).astype(int)
         if tissue[ys, xs].all() and tissue[int(cy / config.mpp), int(cx / config.mpp)]:
             centres.append((cy, cx))
-    raise ValueError(
+    raise InputError(
         f"could not place {count} circles of {radius:g} µm on a {config.size_um:g} µm slide; "
         "raise size_um or lower sites_per_slide"
     )
@@ -195,11 +200,8 @@ def _draw_nuclei(rgb: np.ndarray, tissue: np.ndarray, config: CohortConfig, rng:
     count = int(600 * (config.size_um / 1000.0) ** 2)
     for cy, cx in rng.uniform(0, side, size=(count, 2)):
         radius = rng.uniform(3.0, 4.0) / config.mpp
-        y0, y1 = int(max(cy - radius, 0)), int(min(cy + radius + 1, side))
-        x0, x1 = int(max(cx - radius, 0)), int(min(cx + radius + 1, side))
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2) & tissue[y0:y1, x0:x1]
-        rgb[y0:y1, x0:x1][disc] = NUCLEUS
+        window, dist = _window(side, 1.0, cy, cx, radius)
+        rgb[window][(dist <= radius) & tissue[window]] = NUCLEUS
 
 
 def make_cohort(out: str | Path, config: CohortConfig | None = None) -> list[CohortSlide]:
@@ -210,9 +212,6 @@ def make_cohort(out: str | Path, config: CohortConfig | None = None) -> list[Coh
     config = config or CohortConfig()
     from PIL import Image
 
-    from cmamil.atomic import atomic_path, write_text
-    from cmamil.extract.synthetic import write_slide
-
     out = Path(out)
     (out / "slides").mkdir(parents=True, exist_ok=True)
     (out / "truth").mkdir(exist_ok=True)
@@ -220,6 +219,7 @@ def make_cohort(out: str | Path, config: CohortConfig | None = None) -> list[Coh
     patient_labels = np.zeros(n_patients, int)
     patient_labels[: int(round(config.prevalence * n_patients))] = 1
     np.random.default_rng(config.seed).shuffle(patient_labels)
+    patients = patient_ids(config.n_slides, config.slides_per_patient)
     slides = []
     for i in range(config.n_slides):
         label = patient_labels[i // config.slides_per_patient]
@@ -231,8 +231,6 @@ def make_cohort(out: str | Path, config: CohortConfig | None = None) -> list[Coh
             with atomic_path(truth_path) as tmp:
                 Image.fromarray(regions).save(tmp, format="PNG")
             write_slide(path, rgb, mpp=config.mpp)
-        patient = f"patient_{i // config.slides_per_patient:03d}"
-        slides.append(CohortSlide(slide_id, path, truth_path, "positive" if label else "negative", patient))
-    rows = ["slide_id,label,patient_id"] + [f"{s.slide_id},{s.label},{s.patient_id}" for s in slides]
-    write_text(out / "labels.csv", "\n".join(rows) + "\n")
+        slides.append(CohortSlide(slide_id, path, truth_path, "positive" if label else "negative", patients[i]))
+    write_labels(out / "labels.csv", [s.slide_id for s in slides], [s.label for s in slides], patients)
     return slides

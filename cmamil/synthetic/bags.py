@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from cmamil.aggregators import Bag
-from cmamil.atomic import write_text
-from cmamil.magnification import Magnification, magnification_order
+from cmamil.errors import InputError
+from cmamil.magnification import magnification_order
+from cmamil.synthetic._labels import patient_ids, write_labels
 
 __all__ = ["PlantedSignal", "nested_bag", "planted_cohort", "write_bag", "write_planted_cohort"]
 
@@ -32,7 +33,7 @@ class PlantedSignal:
 
     def __post_init__(self) -> None:
         if self.tiles < 1 or self.shift <= 0:
-            raise ValueError(f"a planted signal needs tiles >= 1 and shift > 0, got {self.tiles}, {self.shift}")
+            raise InputError(f"a planted signal needs tiles >= 1 and shift > 0, got {self.tiles}, {self.shift}")
 
 
 def nested_bag(
@@ -73,7 +74,7 @@ def planted_cohort(
 ) -> tuple[list[Bag], list[int]]:
     """`n_bags` bags (labels alternate 0, 1) where each positive bag has `signal.tiles` shifted tiles."""
     if signal.magnification not in magnifications:
-        raise ValueError(f"signal magnification {signal.magnification} is not among {magnifications}")
+        raise InputError(f"signal magnification {signal.magnification} is not among {magnifications}; pick one of them")
     generator = torch.Generator().manual_seed(seed)
     direction = torch.randn(dim, generator=generator)
     direction = direction / direction.norm()
@@ -115,9 +116,11 @@ def write_planted_cohort(
 
     folder = Path(folder)
     bags, labels = planted_cohort(n_bags, **options)
-    rows = ["slide_id,label,patient_id"]
-    for i, (bag, label) in enumerate(zip(bags, labels)):
+    for bag in bags:
         write_bag(bag_path(folder, bag.bag_id), bag)
-        rows.append(f"{bag.bag_id},{class_names[label]},patient_{i // slides_per_patient:03d}")
-    write_text(folder / "labels.csv", "\n".join(rows) + "\n")
-    return folder / "labels.csv"
+    return write_labels(
+        folder / "labels.csv",
+        [bag.bag_id for bag in bags],
+        [class_names[label] for label in labels],
+        patient_ids(n_bags, slides_per_patient),
+    )
