@@ -64,8 +64,8 @@ def run_crossmag(config: CrossMagConfig) -> dict[str, Any]:
     """Train on every set (and the union), evaluate every model on every test split, write the matrix."""
     from cmamil.environment import resolve_device
     from cmamil.evaluation.evaluate import evaluate_trained
-    from cmamil.image_folders import read_split
-    from cmamil.image_folders import ImagePart
+    from cmamil.data.images import read_split
+    from cmamil.data.images import ImagePart
     from cmamil.training.run_folder import RunFolder
     from cmamil.training.trained import load_trained
 

@@ -32,7 +32,7 @@ from cmamil.extract.encoder import Encoder
 from cmamil.extract.features import BagJob, BagPlan, ExtractConfig, Group, extract_bags
 from cmamil.extract.loading import ImageInstances, ImageTiles
 from cmamil.extract.reader import IMAGE_SUFFIXES
-from cmamil.image_folders import patient_groups
+from cmamil.data.images import patient_groups
 from cmamil.magnification import Magnification, magnification_order
 
 __all__ = ["ImageBag", "ImageSets", "collect_image_bags", "extract_image_sets"]

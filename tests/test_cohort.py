@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from cmamil.errors import InputError
-from cmamil.labels import read_labels
+from cmamil.data.labels import read_labels
 from cmamil.synthetic import REGION_CODES, CohortConfig, make_cohort, render_slide
 
 CONFIG = CohortConfig()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from cmamil.aggregators import create_aggregator
-from cmamil.bag_dataset import BagDataset
+from cmamil.data.bags import BagDataset
 from cmamil.errors import InputError
-from cmamil.labels import load_labelled_bags, read_labels
+from cmamil.data.labels import load_labelled_bags, read_labels
 from cmamil.store import BagWriter, bag_id_from_path, bag_path, list_bags
 from cmamil.training.splits import Split, load_splits, make_splits, save_splits
 from cmamil.synthetic import nested_bag, write_bag, write_planted_cohort
@@ -158,7 +158,7 @@ def test_planted_cohort_files_round_trip(tmp_path):
 
 def test_feature_scaler_by_hand():
     from cmamil.aggregators import Bag
-    from cmamil.bag_dataset import BagDataset, fit_scaler
+    from cmamil.data.bags import BagDataset, fit_scaler
 
     bags = [
         Bag({"5x": torch.tensor([[1.0, 10.0], [3.0, 10.0]])}, bag_id="a"),

@@ -10,9 +10,9 @@ from PIL import Image
 from cmamil.training.checkpoint import load_checkpoint, save_checkpoint
 from cmamil.training.early_stopping import EarlyStopping
 from cmamil.errors import InputError
-from cmamil.image_folders import find_split_folders, patient_groups, read_class_folders, read_split
+from cmamil.data.images import find_split_folders, patient_groups, read_class_folders, read_split
 from cmamil.models import DataConfig
-from cmamil.preprocessing import BatchMixer, eval_transform, train_transform
+from cmamil.data.transforms import BatchMixer, eval_transform, train_transform
 from cmamil.training.splits import assign_folds, holdout_mask
 
 

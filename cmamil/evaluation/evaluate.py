@@ -130,13 +130,13 @@ def evaluate_trained(
 def _data(trained: TrainedModel, config: EvaluateConfig) -> Any:
     """The labelled dataset to evaluate `trained` on, prepared as in training."""
     if trained.kind == "patches":
-        from cmamil.image_folders import read_split
-        from cmamil.image_folders import ImagePart
+        from cmamil.data.images import read_split
+        from cmamil.data.images import ImagePart
 
         images = read_split(config.images, config.split, trained.class_names)
         return ImagePart(images, trained.prepare, tuple(str(p) for p in images.paths))
-    from cmamil.bag_dataset import BagDataset
-    from cmamil.labels import load_labelled_bags
+    from cmamil.data.bags import BagDataset
+    from cmamil.data.labels import load_labelled_bags
 
     table = load_labelled_bags(config.features, config.labels, tuple(trained.meta["magnifications"]),
                                trained.class_names)
@@ -149,12 +149,12 @@ def _data(trained: TrainedModel, config: EvaluateConfig) -> Any:
 def _predict(trained: TrainedModel, data: Any, device: torch.device, batch_size: int, num_workers: int,
              amp: bool) -> Predictions:
     if trained.kind == "patches":
-        from cmamil.image_folders import image_loader
+        from cmamil.data.images import image_loader
         from cmamil.training.patches import predict_images
 
         return predict_images(trained.model, image_loader(data, batch_size, num_workers, device), data, device,
                               amp=amp)
-    from cmamil.bag_dataset import bag_loader
+    from cmamil.data.bags import bag_loader
     from cmamil.training.bags import predict_bags
 
     return predict_bags(trained.model, bag_loader(data, shuffle=False, num_workers=num_workers), device,
@@ -167,7 +167,7 @@ def _inspect_images(trained: TrainedModel, data: Any, predictions: Predictions, 
     """Speed, saliency overlays and projector embeddings of a patch model."""
     from cmamil.evaluation.inspection import write_explanations, write_projector
     from cmamil.evaluation.speed import measure_speed
-    from cmamil.image_folders import open_image
+    from cmamil.data.images import open_image
 
     found: dict[str, Any] = {}
     if benchmark:

@@ -17,8 +17,8 @@ from torch import nn
 from cmamil.atomic import write_json
 from cmamil.errors import InputError
 from cmamil.evaluation.saliency import save_overlay_grid, saliency_maps, select_groups
-from cmamil.image_folders import open_image
-from cmamil.image_folders import ImagePart, image_loader
+from cmamil.data.images import open_image
+from cmamil.data.images import ImagePart, image_loader
 from cmamil.training.predictions import Predictions
 
 __all__ = ["write_explanations", "write_projector"]

@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cmamil.aggregators import aggregator_loss, create_aggregator, forward_bag
-from cmamil.bag_dataset import BagDataset, FeatureScaler, bag_loader, fit_scaler
-from cmamil.labels import LabelTable, load_labelled_bags
+from cmamil.data.bags import BagDataset, FeatureScaler, bag_loader, fit_scaler
+from cmamil.data.labels import LabelTable, load_labelled_bags
 from cmamil.training.config import BagTrainConfig
 from cmamil.training.predictions import Predictions
 from cmamil.training.splits import Split, load_splits

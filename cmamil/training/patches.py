@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cmamil.image_folders import (
+from cmamil.data.images import (
     ImageDataset,
     ImagePart,
     ImageSet,
@@ -27,7 +27,7 @@ from cmamil.image_folders import (
     read_class_folders,
 )
 from cmamil.models import create_model
-from cmamil.preprocessing import BatchMixer, eval_transform, train_transform
+from cmamil.data.transforms import BatchMixer, eval_transform, train_transform
 from cmamil.training.config import PatchTrainConfig
 from cmamil.training.predictions import Predictions
 from cmamil.training.sampling import class_balanced_sampler

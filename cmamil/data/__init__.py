@@ -1,0 +1,7 @@
+"""What training reads: labelled bags of feature files, patch-image folders, and their preprocessing.
+
+- `labels`: labels.csv matched to feature files, checked before training (`load_labelled_bags`).
+- `bags`: `BagDataset` over feature files or in-memory bags, the per-fold feature scaler, the bag loader.
+- `images`: patch-image folders (`ImageSet`, split layouts, patient groups) and `ImagePart`/`image_loader`.
+- `transforms`: preprocessing from a model's `DataConfig`, training augmentation, mixup/CutMix.
+"""
