@@ -6,12 +6,14 @@ from pathlib import Path
 
 import click
 
+from cmamil.cli.options import option
+
 __all__ = ["demo"]
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("cmamil-demo"),
-              help="Folder for the cohort, feature files and runs; a rerun reuses finished stages.")
+@option("out", default=Path("cmamil-demo"),
+        help="Folder for the cohort, feature files and runs; a rerun reuses finished stages.")
 @click.option("--slides", type=click.IntRange(min=4), default=24, help="Number of synthetic slides (one per patient).")
 @click.option("--signal", type=click.FloatRange(min=0.0), default=1.0,
               help="Contrast of the planted fine texture (0 removes the signal: AUC should fall to chance).")
@@ -22,9 +24,8 @@ __all__ = ["demo"]
 @click.option("--compare", is_flag=True,
               help="Also train cma_mil (dense and local), abmil on 20x only and on all magnifications, and "
                    "mean_pool on the same splits, and print one comparison table.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              help="auto uses CUDA when a GPU is visible.")
-@click.option("--seed", type=int, default=0, help="Seed of the cohort, the splits and training.")
+@option("device", default="auto")
+@option("seed", default=0, help="Seed of the cohort, the splits and training.")
 def demo(out: Path, slides: int, signal: float, folds: int, epochs: int, cross_attention: str, compare: bool,
          device: str, seed: int) -> None:
     """Generate a synthetic cohort, tile and embed it at 5x/10x/20x, train CMA-MIL k-fold, and report.

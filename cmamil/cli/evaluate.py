@@ -23,8 +23,8 @@ __all__ = ["evaluate"]
         help="[bag runs] Folder of per-bag feature files made with the run's encoder.")
 @option("labels", default=None, help="[bag runs] CSV with slide_id,label[,patient_id] for the bags to evaluate.")
 @click.option("--fold", type=click.IntRange(min=0), default=None, help="Evaluate this fold only [default: every fold].")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Evaluation folder [default: RUN/evaluate/<images name>-<split> or RUN/evaluate/<features name>].")
+@option("out", default=None,
+        help="Evaluation folder [default: RUN/evaluate/<images name>-<split> or RUN/evaluate/<features name>].")
 @option("batch_size", default=32)
 @option("device", default="auto")
 @option("num_workers", default=2)

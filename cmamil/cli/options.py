@@ -73,8 +73,7 @@ def key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
 def output_options(func: Callable) -> Callable:
     """--out, --format, --overwrite: where per-slide files go, their format, and whether finished ones are redone."""
     return _options(
-        click.option("--out", "-o", type=click.Path(path_type=Path, file_okay=False), required=True,
-                     help="Output folder (one file per slide, named <slide_id>.h5 or .zarr)."),
+        option("out", required=True, help="Output folder (one file per slide, named <slide_id>.h5 or .zarr)."),
         click.option("--format", "storage", type=click.Choice(["h5", "zarr"]), default="h5", show_default=True,
                      help="Per-slide file format."),
         click.option("--overwrite", is_flag=True,
@@ -134,7 +133,7 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "model": (("--model",), {"help": "Registered aggregator (with --features: cma_mil, abmil, clam_sb, mean_pool) "
                                      "or patch model (with --images: deit_small, swin_tiny, mscvit_t, s4d, "
                                      "timm:<arch>)."}),
-    "out": (("--out",), {"type": click.Path(path_type=Path, file_okay=False),
+    "out": (("--out", "-o"), {"type": click.Path(path_type=Path, file_okay=False),
                          "help": "Run folder (config, splits, per-fold checkpoints, metrics, TensorBoard events, "
                                  "figures)."}),
     "features": (("--features",), {"type": click.Path(path_type=Path, file_okay=False),
