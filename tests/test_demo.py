@@ -51,7 +51,7 @@ def test_every_stage_leaves_its_artefacts(demo_run):
         assert "auc" in metrics["test"]
         assert (run / f"fold_{fold}" / "predictions.csv").is_file()
     assert list((run / "figures").glob("*.png"))
-    meta = torch.load(run / "fold_0" / "checkpoint.pt", weights_only=True)["meta"]
+    meta = torch.load(run / "fold_0" / "checkpoint.pt", weights_only=True)
     assert meta["model_options"] == {"cross_attention": "local", "attn_weighting": "exp_raw"}
     events = EventAccumulator(str(run / "fold_0"))
     events.Reload()

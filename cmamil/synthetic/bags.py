@@ -15,7 +15,7 @@ import torch
 
 from cmamil.aggregators import Bag
 from cmamil.errors import InputError
-from cmamil.magnification import magnification_order
+from cmamil.magnification import Magnification, magnification_order
 from cmamil.synthetic._labels import patient_ids, write_labels
 
 __all__ = ["PlantedSignal", "nested_bag", "planted_cohort", "write_bag", "write_planted_cohort"]

@@ -31,11 +31,11 @@ def tiny_sets(tmp_path_factory) -> dict[str, str]:
 def test_train_images_with_a_dict_data_config_model(tiny_sets, tmp_path, invoke):
     out = tmp_path / "run"
     invoke(["train", "--images", tiny_sets["100x"], "--out", str(out), *TIMM_STYLE])
-    metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert metrics["n"] == 4 and metrics["epochs_run"] == 1
-    best = torch.load(out / "best.pt", weights_only=True)
-    assert best["class_names"] == ["benign", "malignant"]
-    assert len(pd.read_csv(out / "eval" / "predictions.csv")) == 4
+    metrics = json.loads((out / "fold_0" / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 4 and metrics["epochs_run"] == 1
+    best = torch.load(out / "fold_0" / "checkpoint.pt", weights_only=True)
+    assert best["class_names"] == ["benign", "malignant"] and best["kind"] == "patches"
+    assert len(pd.read_csv(out / "fold_0" / "predictions.csv")) == 4
 
 
 def test_crossmag_with_a_dict_data_config_model(tiny_sets, tmp_path, invoke):
