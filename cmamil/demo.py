@@ -6,11 +6,13 @@ missing. `compare` trains the baselines on the same features and splits and tabu
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from cmamil.errors import InputError
 from cmamil.synthetic import CohortConfig
 
 __all__ = ["COMPARISON", "DemoConfig", "comparison_table", "run_demo"]
@@ -48,8 +50,20 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if self.folds < 2 or self.epochs < 1 or self.tile_px < 16:
-            raise ValueError("folds must be >= 2, epochs >= 1 and tile_px >= 16")
+            raise InputError("--folds must be >= 2, --epochs >= 1 and the tile size >= 16 px")
+        smallest = self.smallest_cohort(self.folds, self.val_fraction)
+        if self.cohort.n_slides < smallest:
+            raise InputError(f"--slides {self.cohort.n_slides} is too few for --folds {self.folds}: every class needs "
+                             f"a slide in each test fold and enough training slides to hold out a validation part; "
+                             f"use --slides {smallest} or more, or fewer --folds")
         object.__setattr__(self, "out", Path(self.out))
+
+    @staticmethod
+    def smallest_cohort(folds: int, val_fraction: float) -> int:
+        """The fewest slides (half of each class) that k-fold splits with a validation part can be made from."""
+        parts = max(2, round(1 / val_fraction))
+        smallest = max(2 * folds, math.ceil(parts * folds / (folds - 1)), 2 * 2 * folds // (folds - 1))
+        return smallest + smallest % 2
 
 
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -92,6 +106,13 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
 
     echo("[4/4] results (test folds)")
     echo(format_summary(summary))
+    heatmaps = write_heatmaps(main_run, cohort_dir, features_dir, out / "heatmaps")
+    echo(f"attention heatmaps (fold 0, one positive and one negative test slide): {out / 'heatmaps'} "
+         f"({len(heatmaps)} PNG)")
+    found = localisation(main_run, cohort_dir, features_dir)
+    summary["localisation_auc"] = found
+    echo(f"localisation: 20x attention AUC for tiles on texture inside rings, positive test slides, "
+         f"mean over folds: {found['mean']:.3f} ± {found['std']:.3f} (n={found['n']} folds)")
     rows = {f"cma_mil ({config.model_options.get('cross_attention', 'dense')})": summary}
     if config.compare:
         echo("comparison on the same features and splits:")
@@ -108,6 +129,58 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     echo(f"tensorboard --logdir {runs_dir}")
     echo(f"total time: {time.perf_counter() - start:.0f} s")
     return {"summary": summary, "rows": rows, "seconds": time.perf_counter() - start}
+
+
+def write_heatmaps(run: Path, cohort_dir: Path, features_dir: Path, out: Path) -> list[Path]:
+    """Attention heatmaps per magnification of fold 0's model for its first positive and first negative test
+    slide."""
+    from cmamil.evaluation.heatmaps import slide_heatmaps
+    from cmamil.training import RunFolder, load_trained
+    from cmamil.training.predictions import read_predictions
+
+    folder = RunFolder(run)
+    trained = load_trained(folder.fold_dir(0))
+    tested = read_predictions(folder.fold_dir(0) / "predictions.csv", folder.class_names)
+    written = []
+    for label in (folder.class_names.index("positive"), folder.class_names.index("negative")):
+        slide = next(i for i, y in zip(tested.ids, tested.y_true) if y == label)
+        written += slide_heatmaps(trained, features_dir / f"{slide}.h5", cohort_dir / "slides" / f"{slide}.tiff", out)
+    return written
+
+
+def localisation(run: Path, cohort_dir: Path, features_dir: Path, magnification: str = "20x") -> dict[str, Any]:
+    """How well the attention finds the signal: per positive test slide, the AUC of its `magnification` attention
+    for separating tiles that overlap texture inside a ring from the rest; mean per fold, then mean ± std over folds."""
+    import numpy as np
+    from PIL import Image
+
+    from cmamil.evaluation.heatmaps import bag_attention, localisation_auc, tile_overlap
+    from cmamil.store import bag_info, read_coords
+    from cmamil.synthetic import REGION_CODES
+    from cmamil.training import RunFolder, load_trained
+    from cmamil.training.predictions import read_predictions
+
+    folder = RunFolder(run)
+    positive = folder.class_names.index("positive")
+    per_fold = []
+    for fold in folder.finished_folds():
+        trained = load_trained(folder.fold_dir(fold))
+        tested = read_predictions(folder.fold_dir(fold) / "predictions.csv", folder.class_names)
+        aucs = []
+        for slide in (i for i, y in zip(tested.ids, tested.y_true) if y == positive):
+            path = features_dir / f"{slide}.h5"
+            attention, _ = bag_attention(trained, path)
+            if magnification not in attention:
+                continue
+            truth = np.asarray(Image.open(cohort_dir / "truth" / f"{slide}.png")) == REGION_CODES["texture_inside"]
+            size = float(bag_info(path).coords_attrs[magnification]["tile_size_level0"])
+            inside = tile_overlap(read_coords(path)[magnification][0], size, truth) > 0
+            aucs.append(localisation_auc(attention[magnification], inside))
+        if aucs:
+            per_fold.append(float(np.nanmean(aucs)))
+    values = np.array(per_fold, dtype=float)
+    return {"mean": float(values.mean()) if len(values) else float("nan"),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0, "n": len(values), "folds": per_fold}
 
 
 def _train(

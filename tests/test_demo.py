@@ -62,6 +62,12 @@ def test_every_stage_leaves_its_artefacts(demo_run):
                                                                           "f1_macro"]
     assert any(line.startswith("tensorboard --logdir") for line in lines)
     assert lines[-1].startswith("total time:")
+    # where the model looks: fold 0's first positive and first negative test slide, one heatmap per magnification
+    heatmaps = sorted(p.name for p in (out / "heatmaps").glob("*.png"))
+    assert len(heatmaps) == 6 and {name.rsplit("_", 1)[1] for name in heatmaps} == {"5x.png", "10x.png", "20x.png"}
+    found = result["summary"]["localisation_auc"]
+    assert found["n"] >= 1 and 0.0 <= found["mean"] <= 1.0
+    assert any(line.startswith("localisation: 20x attention AUC") for line in lines)
 
 
 def test_rerun_reuses_finished_stages(demo_run):

@@ -1,0 +1,114 @@
+"""Per-tile values (attention, scores) painted on the tile grid over a slide thumbnail, and how well they localise.
+
+A heatmap is painted at thumbnail resolution, one rectangle per tile from its level-0 square, never on a level-0
+canvas: memory follows the thumbnail and the tile count, not the slide size. `localisation_auc` scores per-tile
+values against a ground-truth region map (the AUC of separating tiles that overlap a region from the rest).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from cmamil.training.trained import TrainedModel
+
+__all__ = ["bag_attention", "localisation_auc", "paint_tiles", "save_heatmap", "slide_heatmaps", "tile_overlap"]
+
+
+def paint_tiles(coords: np.ndarray, tile_size: float, values: np.ndarray, shape: tuple[int, int],
+                downsample: float) -> np.ndarray:
+    """An (H, W) float image of `shape` (thumbnail pixels) holding each tile's value, NaN where no tile lies.
+
+    `coords` are level-0 top-left corners (N, 2) as x, y; `tile_size` is the tile side in level-0 pixels and
+    `downsample` the level-0 pixels per thumbnail pixel. Where tiles overlap, the later one wins.
+    """
+    canvas = np.full(shape, np.nan, dtype=np.float32)
+    for (x, y), value in zip(np.asarray(coords, dtype=float), np.asarray(values, dtype=float)):
+        x0, y0 = int(math.floor(x / downsample)), int(math.floor(y / downsample))
+        x1, y1 = int(math.ceil((x + tile_size) / downsample)), int(math.ceil((y + tile_size) / downsample))
+        canvas[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = value
+    return canvas
+
+
+def save_heatmap(path: str | Path, thumbnail: np.ndarray, heat: np.ndarray, title: str = "",
+                 label: str = "attention") -> Path:
+    """Write a PNG of `heat` (from `paint_tiles`) over the RGB `thumbnail`, with a colour bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cmamil.evaluation.figures import save_figure
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.0))
+    ax.imshow(thumbnail)
+    shown = ax.imshow(np.ma.masked_invalid(heat), cmap="inferno", alpha=0.6, interpolation="nearest")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label=label)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    return save_figure(fig, path)
+
+
+def tile_overlap(coords: np.ndarray, tile_size: float, region: np.ndarray) -> np.ndarray:
+    """Fraction of each tile's level-0 square covered by the boolean level-0 `region` map."""
+    out = np.zeros(len(coords))
+    size = int(round(tile_size))
+    for i, (x, y) in enumerate(np.asarray(coords, dtype=int)):
+        patch = region[max(y, 0):y + size, max(x, 0):x + size]
+        out[i] = patch.mean() if patch.size else 0.0
+    return out
+
+
+def localisation_auc(scores: Sequence[float], inside: Sequence[bool]) -> float:
+    """ROC AUC of per-tile `scores` for separating tiles inside a region from the rest (NaN if one side is empty)."""
+    from sklearn.metrics import roc_auc_score
+
+    inside = np.asarray(inside, dtype=bool)
+    if inside.all() or not inside.any():
+        return math.nan
+    return float(roc_auc_score(inside, np.asarray(scores, dtype=float)))
+
+
+def bag_attention(trained: TrainedModel, feature_file: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A bag model's attention per magnification on one feature file (empty for a model without attention),
+    and its class probabilities."""
+    import torch
+
+    from cmamil.aggregators import forward_bag
+    from cmamil.store import read_bag
+
+    bag = read_bag(feature_file, tuple(trained.meta["magnifications"]))
+    if trained.prepare is not None:
+        bag = trained.prepare(bag)
+    device = next(trained.model.parameters()).device
+    with torch.no_grad():
+        output = forward_bag(trained.model, bag.to(device))
+    attention = {mag: a.detach().float().cpu().numpy() for mag, a in output.attention.items()}
+    return attention, torch.softmax(output.logits.float(), dim=1)[0].cpu().numpy()
+
+
+def slide_heatmaps(trained: TrainedModel, feature_file: str | Path, slide: str | Path, out: str | Path,
+                   max_size: int = 1024) -> list[Path]:
+    """One attention heatmap PNG per magnification over the slide's thumbnail: `<out>/<bag>_<mag>.png`."""
+    from cmamil.extract.reader import open_slide
+    from cmamil.store import bag_info, read_coords
+
+    info = bag_info(feature_file)
+    attention, probs = bag_attention(trained, feature_file)
+    with open_slide(slide) as reader:
+        thumbnail = reader.thumbnail(max_size)
+        downsample = reader.dimensions[0] / thumbnail.shape[1]
+    coords = read_coords(feature_file)
+    names = trained.class_names
+    verdict = f"p({names[-1]}) = {probs[-1]:.2f}"
+    written = []
+    for mag, values in attention.items():
+        size = float(info.coords_attrs[mag]["tile_size_level0"])
+        heat = paint_tiles(coords[mag][0], size, values, thumbnail.shape[:2], downsample)
+        written.append(save_heatmap(Path(out) / f"{info.bag_id}_{mag}.png", thumbnail, heat,
+                                    f"{info.bag_id} · {mag} attention · {verdict}"))
+    return written
