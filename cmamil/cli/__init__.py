@@ -20,6 +20,7 @@ __all__ = ["main"]
 # command name -> (module, attribute, one-line help shown by `cmamil --help` without importing it)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "extract": ("cmamil.cli.extract", "extract", "Embed slide or image-set tiles into one feature file per bag."),
+    "link": ("cmamil.cli.link", "link", "Link other toolkits' per-magnification feature folders into nested bags."),
     "crossmag": ("cmamil.cli.crossmag", "crossmag", "Train on each magnification set, test on every set."),
     "demo": ("cmamil.cli.demo", "demo", "Run the whole pipeline on a synthetic cohort in a few minutes."),
     "evaluate": ("cmamil.cli.evaluate", "evaluate", "Evaluate a trained patch classifier: metrics, speed, overlays."),

@@ -207,6 +207,8 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                          "set (0: none)."}),
     "embeddings": (("--embeddings",), {"type": click.IntRange(min=0),
                                        "help": "Test images whose embeddings go to TensorBoard's projector (0: none)."}),
+    "mpp": (("--mpp",), {"type": click.FloatRange(min=0, min_open=True), "default": None,
+                         "help": "Level-0 µm/px of the slides, overriding what their files say."}),
 }
 
 

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cmamil.errors import InputError
-from cmamil.magnification import Magnification, magnification_order
+from cmamil.magnification import magnification_order
 from cmamil.store._attrs import decode_attrs
 from cmamil.store._format import FOREIGN_MAGNIFICATION, FORMAT, FORMAT_VERSION, bag_id_from_path, storage_format
+from cmamil.store.foreign import FEATURE_KEYS, stated_magnification, unknown_layout
 
 if TYPE_CHECKING:
     import torch
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BagInfo", "bag_info", "read_bag", "read_coords"]
 
-_FEATURE_KEYS = ("features", "feats")
 _READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError)
 
 
@@ -109,11 +109,11 @@ def _layout(
         }
         bag_id = bag_id or attrs["bag_id"]
     else:
-        feature_key = next((k for k in _FEATURE_KEYS if _child(root, k) is not None), None)
+        feature_key = next((k for k in FEATURE_KEYS if _child(root, k) is not None), None)
         if feature_key is None:
-            raise InputError(f"{path} has neither a cmamil layout nor a 'features'/'feats' dataset")
+            raise unknown_layout(path, root)
         coords = _child(root, "coords")
-        name = foreign_magnification or _trident_magnification(coords) or FOREIGN_MAGNIFICATION
+        name = foreign_magnification or stated_magnification(coords) or FOREIGN_MAGNIFICATION
         keys = {name: {"features": feature_key, "coords": "coords" if coords is not None else None, "parent": None}}
         bag_id = bag_id or bag_id_from_path(path)
     counts, coords_attrs, dims, dtypes = {}, {}, set(), set()
@@ -153,12 +153,6 @@ def _feature_shape(array: Any, path: Path) -> tuple[int, int]:
     if len(shape) != 2:
         raise InputError(f"{path}: features have shape {tuple(array.shape)}, expected (N, D)")
     return shape  # type: ignore[return-value]
-
-
-def _trident_magnification(coords: Any) -> str | None:
-    """'20x' from a TRIDENT coords attribute target_magnification, when present."""
-    value = coords.attrs.get("target_magnification") if coords is not None else None
-    return Magnification.parse(str(value)).name if value is not None else None
 
 
 def bag_info(path: str | Path, *, foreign_magnification: str | None = None) -> BagInfo:

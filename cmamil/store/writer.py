@@ -47,6 +47,11 @@ class _H5Sink:
             name, shape=(rows, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk_rows, dim)
         )
 
+    def link(self, group: Any, name: str, source: Path, dataset: str) -> Any:
+        """An external link `name` to `dataset` of the HDF5 file `source`, opened through the link."""
+        group[name] = self._h5py.ExternalLink(str(source), dataset)
+        return group[name]
+
     def finish(self, attrs: Mapping[str, Any], finest: str, has_features: bool) -> None:
         self.file.attrs.update(attrs)
         self.file["coords"] = self._h5py.SoftLink(f"/{finest}/coords")
@@ -210,6 +215,19 @@ class BagWriter:
         level.pending_rows += len(block)
         if level.pending_rows >= level.chunk_rows:
             self._flush(level, whole_chunks=True)
+
+    def link_features(self, mag: str, source: str | Path, dataset: str) -> None:
+        """Point `mag`'s features at an (N, D) `dataset` of another HDF5 file (an external link) instead of copying."""
+        sink = self._open_sink()
+        if not isinstance(sink, _H5Sink):
+            raise InputError(f"{self.path}: feature links need an HDF5 file; write .h5, or copy the features")
+        level = self._levels.get(mag)
+        if level is None or level.features is not None or self.coords_only:
+            raise ValueError(f"{mag}: add the magnification first, and link or append its features once")
+        linked = sink.link(level.group, "features", Path(source).resolve(), dataset)
+        if linked.ndim != 2 or linked.shape[0] != level.rows:
+            raise InputError(f"{source}: {dataset} has shape {linked.shape}, expected ({level.rows}, D); copy instead")
+        level.features, level.written = linked, level.rows
 
     def _open_sink(self) -> _H5Sink | _ZarrSink:
         if self._sink is None:
