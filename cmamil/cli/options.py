@@ -109,8 +109,7 @@ def tiling_options(func: Callable) -> Callable:
                           "or µm/px (2um,1um,0.5um). Each must nest in the coarser one (×2, ×4 …)."),
         click.option("--tile-px", type=click.IntRange(min=8), default=224, show_default=True,
                      help="Tile size in pixels at every magnification."),
-        click.option("--mpp", type=float, default=None,
-                     help="Level-0 µm/px, overriding the slide's metadata (needed when a slide has none)."),
+        option("mpp"),
         click.option("--tissue", type=click.Choice(TISSUE_CHOICES), default="saturation", show_default=True,
                      help="Tissue detection: saturation (brightfield H&E/IHC), fluorescence (bright on dark), "
                           "none (tile the whole slide)."),
@@ -208,7 +207,7 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "embeddings": (("--embeddings",), {"type": click.IntRange(min=0),
                                        "help": "Test images whose embeddings go to TensorBoard's projector (0: none)."}),
     "mpp": (("--mpp",), {"type": click.FloatRange(min=0, min_open=True), "default": None,
-                         "help": "Level-0 µm/px of the slides, overriding what their files say."}),
+                         "help": "Level-0 µm/px, overriding the slide's metadata (needed when a slide has none)."}),
 }
 
 
