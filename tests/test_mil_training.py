@@ -87,7 +87,8 @@ def test_kfold_run_writes_the_run_folder_tensorboard_and_loadable_checkpoints(pl
                  "figures/roc.png", "figures/pr.png", "figures/confusion_matrix.png", "figures/fold_1_training.png"):
         assert (run / name).is_file(), name
     csv = pd.read_csv(run / "summary.csv")
-    assert list(csv["fold"]) == ["0", "1", "mean", "std"]
+    assert list(csv["fold"]) == ["0", "1", "mean", "std", "folds_averaged"]
+    assert list(csv.iloc[4, 2:]) == [2, 2, 2, 2]
     tested = []
     for fold in (0, 1):
         metrics = json.loads((run / f"fold_{fold}" / "metrics.json").read_text())
@@ -159,14 +160,16 @@ def test_cli_trains_cma_mil_end_to_end_and_reports(planted_files, tmp_path):
             "--model-option", "dim=8", "--model-option", "cross_attention=local", "--magnifications", "10x,20x"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[0].split() == ["fold", "n", "auc", "accuracy", "balanced_accuracy", "f1_macro"]
     assert lines[1].split()[:2] == ["0", "6"] and lines[3].startswith("mean±std")
     config = (run / "config.yaml").read_text()
     assert "cross_attention: local" in config and "- 10x" in config and "epochs: 1" in config
     report = CliRunner().invoke(main, ["report", str(run)])
     assert report.exit_code == 0, report.output
-    assert report.output.splitlines()[:4] == lines[:4]
+    assert report.output.splitlines()[:5] == lines[:5] and lines[4] == "mean ± sample std over 2 folds"
+    assert "note: splits keep each patient's slides together (6 patients, 12 slides; patients from the patient_id " \
+           "column)" in result.stderr
     assert "figures: 5 written" in report.output and (run / "figures" / "fold_0_training.png").is_file()
     # evaluate: every fold's model on feature files; on its own test bags it repeats the fold's predictions
     out = tmp_path / "evaluated"
