@@ -191,7 +191,8 @@ def format_splits(splits: Sequence[Split], label_of: dict[str, int], class_names
                 members = [i for i in ids if label_of[i] == c]
                 cell = str(len(members))
                 if patient_of is not None:
-                    cell += f" ({len({patient_of[i] for i in members})} patients)"
+                    n = len({patient_of[i] for i in members})
+                    cell += f" ({n} patient{'s' if n != 1 else ''})"
                 cells.append(cell)
             rows.append([str(split.fold), part, *cells])
     lines = align([header, *rows])
