@@ -60,15 +60,6 @@ def test_attention_models_learn_a_sparse_signal_that_mean_pooling_misses(tmp_pat
     assert best["mean_pool"] < min(best["cma_mil"], best["abmil"]) - 0.1, best
 
 
-@pytest.fixture
-def planted_files(tmp_path):
-    """12 feature files (6 patients of 2 slides) with labels.csv."""
-    folder = tmp_path / "feats"
-    labels = write_planted_cohort(folder, 12, slides_per_patient=2, dim=8, n_coarse=2,
-                                  signal=PlantedSignal("20x", tiles=2, shift=5.0))
-    return folder, labels
-
-
 def _config(folder, labels, out, **changes) -> BagTrainConfig:
     options = dict(model="abmil", features=folder, labels=labels, out=out, folds=2, epochs=2, val_fraction=0.5,
                    min_epochs=0, model_options={"dim": 8, "attn_dim": 4}, device="cpu", num_workers=0,

@@ -5,21 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-import pytest
 import yaml
 from click.testing import CliRunner
 
 from cmamil.cli import main
-from cmamil.synthetic import PlantedSignal, write_planted_cohort
-
-
-@pytest.fixture
-def cohort(tmp_path):
-    """12 feature files (6 patients of 2 slides) and labels.csv."""
-    folder = tmp_path / "feats"
-    labels = write_planted_cohort(folder, 12, slides_per_patient=2, dim=8, n_coarse=2,
-                                  signal=PlantedSignal("20x", tiles=2, shift=5.0))
-    return folder, labels
 
 
 def _train(*args):
@@ -28,8 +17,8 @@ def _train(*args):
     return result
 
 
-def test_a_runs_config_yaml_repeats_it_with_identical_splits_and_metrics(cohort, tmp_path):
-    folder, labels = cohort
+def test_a_runs_config_yaml_repeats_it_with_identical_splits_and_metrics(planted_files, tmp_path):
+    folder, labels = planted_files
     first = tmp_path / "A"
     _train("--features", folder, "--labels", labels, "--model", "abmil", "--folds", 2, "--epochs", 2,
            "--val-fraction", 0.5, "--min-epochs", 0, "--model-option", "dim=8", "--model-option", "attn_dim=4",
@@ -50,8 +39,8 @@ def test_a_runs_config_yaml_repeats_it_with_identical_splits_and_metrics(cohort,
     assert repeated["fingerprint"] == saved["fingerprint"] and repeated["config"]["out"] == str(again)
 
 
-def test_flags_override_a_config_file_dry_run_prints_splits_and_unknown_keys_are_named(cohort, tmp_path):
-    folder, labels = cohort
+def test_flags_override_a_config_file_dry_run_prints_splits_and_unknown_keys_are_named(planted_files, tmp_path):
+    folder, labels = planted_files
     options = tmp_path / "options.yaml"
     options.write_text(f"features: {folder}\nlabels: {labels}\nmodel: abmil\nweight-decay: 0.5\nepochs: 0\n")
     refused = CliRunner().invoke(main, ["train", "--config", str(options), "--out", str(tmp_path / "x")])
