@@ -3,7 +3,9 @@
     h'_i = Dropout(ReLU(W h_i)),  a = softmax_i(gated attention(h'_i)),  logits = W_c Σ_i a_i h'_i
 
 Over one chosen magnification, or over the instances of every magnification stacked into one bag ("all").
-Trained with cross-entropy.
+Trained with cross-entropy. CLAM-style additions to Ilse et al.'s model (as CLAM's `Attn_Net_Gated` and `fc`
+layers have them): the projection W with ReLU and dropout before attention, dropout after tanh and sigmoid in
+the gated attention, and a C-way softmax classifier instead of a single sigmoid output.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from cmamil.aggregators import AggregatorOutput, Bag
 from cmamil.magnification import magnification_order
 from cmamil.models import small_variant
+from cmamil.notices import notice
 from cmamil.plugins._attention import GatedAttention
 from cmamil.plugins._instance import InstanceSupervised, instance_loss
 
@@ -160,6 +161,10 @@ class CMAMIL(InstanceSupervised):
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         if dim < 2 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dim must be >= 2 and dropout in [0, 1), got dim={dim}, dropout={dropout}")
+        if num_classes >= 3 and not subtyping:
+            notice(f"cma_mil with {num_classes} classes: subtyping is off, as in the reference code, so the instance "
+                   "loss trains only the bag's own class's instance classifier; --model-option subtyping=true also "
+                   "teaches every other class's classifier that its top tiles in the bag are negatives")
         self.attn_weighting = attn_weighting
         self.cross_attention = cross_attention
         self.chunk_size = chunk_size

@@ -1,4 +1,5 @@
-"""Shared fixtures: real installed-package metadata for plugin tests, and the shared real-data folder."""
+"""Shared fixtures: real installed-package metadata for plugin tests, the shared real-data folder, and a small
+cohort of bag feature files."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cmamil import registry
+from cmamil.synthetic import PlantedSignal, write_planted_cohort
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -35,3 +37,12 @@ def install_dist(tmp_path, monkeypatch):
     yield install
     for reg in (registry.models, registry.aggregators):
         reg.refresh()
+
+
+@pytest.fixture
+def planted_files(tmp_path):
+    """12 feature files (6 patients of 2 slides) with labels.csv."""
+    folder = tmp_path / "feats"
+    labels = write_planted_cohort(folder, 12, slides_per_patient=2, dim=8, n_coarse=2,
+                                  signal=PlantedSignal("20x", tiles=2, shift=5.0))
+    return folder, labels

@@ -74,3 +74,16 @@ def test_tensorboard_events_read_back(tmp_path):
 def test_confusion_matrix_png(tmp_path):
     path = save_figure(plot_confusion_matrix([[2, 0], [1, 2]], ["neg", "pos"]), tmp_path / "cm.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_absent_class_is_left_out_of_macro_averages_by_hand():
+    three = ["a", "b", "c"]
+    perfect = classification_metrics([0, 0, 1, 1], np.eye(3)[[0, 0, 1, 1]], three)
+    assert perfect["f1_macro"] == 1.0 and perfect["precision_macro"] == 1.0 and perfect["recall_macro"] == 1.0
+    assert perfect["absent_classes"] == ["c"] and math.isnan(perfect["auc"])
+    assert perfect["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    # 'c' absent from the truth but predicted once: it counts, with F1 0; 'b' has P 1, R 1/2, F1 2/3
+    wrong = classification_metrics([0, 0, 1, 1], np.eye(3)[[0, 0, 1, 2]], three)
+    assert wrong["f1_macro"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert wrong["recall_macro"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert wrong["f1_weighted"] == pytest.approx((2 * 1 + 2 * 2 / 3) / 4)

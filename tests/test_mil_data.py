@@ -12,7 +12,7 @@ from cmamil.data.bags import BagDataset
 from cmamil.errors import InputError
 from cmamil.data.labels import load_labelled_bags, read_labels
 from cmamil.store import BagWriter, bag_id_from_path, bag_path, list_bags
-from cmamil.training.splits import Split, load_splits, make_splits, save_splits
+from cmamil.training.splits import Split, largest_folds, load_splits, make_splits, save_splits
 from cmamil.synthetic import nested_bag, write_bag, write_planted_cohort
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -111,20 +111,43 @@ def test_splits_are_disjoint_complete_stratified_and_keep_patients_together(tmp_
     assert load_splits(tmp_path / "splits", ids) == splits
     assert make_splits(ids, labels, patients, folds=5, val_fraction=0.25, seed=3) == splits
     assert make_splits(ids, labels, patients, folds=5, val_fraction=0.25, seed=4) != splits
-    with pytest.raises(InputError, match="class 0 has 2 patient"):
-        make_splits(ids[:8], labels[:8], patients[:8], folds=3)
+    with pytest.raises(InputError) as error:
+        make_splits(ids[:8], labels[:8], patients[:8], folds=3, class_names=("normal", "tumour"))
+    assert str(error.value) == (
+        "class 'normal' has 2 patients, class 'tumour' has 2 patients; --folds 3 needs at least 3 patients per class "
+        "and n − ⌈n/K⌉ ≥ 2 of a class's n left for training in each fold (for --val-fraction); no --folds works: "
+        "add data or pass --val-fraction 0")
+
+
+def test_fold_size_rule_names_classes_and_the_largest_folds_that_work():
+    # 'tumour' has 3 slides: --folds 3 holds one per test fold, but validation then leaves one of two for training
+    ids = [f"s{i}" for i in range(10)]
+    labels = [0] * 7 + [1] * 3
+    with pytest.raises(InputError) as error:
+        make_splits(ids, labels, folds=4, val_fraction=0, class_names=("normal", "tumour"), unit="slide")
+    assert str(error.value) == ("class 'tumour' has 3 slides; --folds 4 needs at least 4 slides per class; "
+                                "the largest --folds that works is 3")
+    assert largest_folds([7, 3], with_val=False) == 3
+    assert largest_folds([7, 3], with_val=True) == 3  # K=2 leaves 3 − ⌈3/2⌉ = 1 to train on, K=3 leaves 2
+    assert largest_folds([7, 2], with_val=True) is None and largest_folds([1, 5], with_val=False) is None
+    assert largest_folds([7, 4], with_val=True) == 4 and largest_folds([12, 6], with_val=True) == 6
+    assert len(make_splits(ids, labels, folds=3, val_fraction=0, class_names=("normal", "tumour"))) == 3
 
 
 def test_clam_style_splits_are_accepted_and_unknown_ids_refused(tmp_path):
     folder = tmp_path / "clam"
     folder.mkdir()
-    _write(folder / "splits_0.csv", ",train,val,test\n0,a,c,e\n1,b,,f\n")
-    _write(folder / "splits_1.csv", ",train,val,test\n0,e,a,c\n1,f,,d\n")
+    _write(folder / "splits_0.csv", ",train,val,test\n0,a,c,e\n1,b,,f\n2,d,,\n")
+    _write(folder / "splits_1.csv", ",train,val,test\n0,e,a,c\n1,f,b,d\n")
     splits = load_splits(folder, list("abcdef"))
-    assert splits[0] == Split(0, ("a", "b"), ("c",), ("e", "f"))
+    assert splits[0] == Split(0, ("a", "b", "d"), ("c",), ("e", "f"))
     assert splits[1].test == ("c", "d")
     with pytest.raises(InputError, match="names 1 id"):
         load_splits(folder, list("abcde"))
+    with pytest.raises(InputError) as error:  # a labelled slide in no part is reported, not dropped
+        load_splits(folder, list("abcdefgh"))
+    assert str(error.value) == (f"{folder / 'splits_0.csv'} leaves out 2 labelled id(s): g, h; add them to a part "
+                                "(train, val or test) or remove them from the labels")
 
 
 @pytest.mark.skipif(not MOPADI.is_dir(), reason="shared real data (mopadi_tcga_features) is absent")

@@ -60,15 +60,6 @@ def test_attention_models_learn_a_sparse_signal_that_mean_pooling_misses(tmp_pat
     assert best["mean_pool"] < min(best["cma_mil"], best["abmil"]) - 0.1, best
 
 
-@pytest.fixture
-def planted_files(tmp_path):
-    """12 feature files (6 patients of 2 slides) with labels.csv."""
-    folder = tmp_path / "feats"
-    labels = write_planted_cohort(folder, 12, slides_per_patient=2, dim=8, n_coarse=2,
-                                  signal=PlantedSignal("20x", tiles=2, shift=5.0))
-    return folder, labels
-
-
 def _config(folder, labels, out, **changes) -> BagTrainConfig:
     options = dict(model="abmil", features=folder, labels=labels, out=out, folds=2, epochs=2, val_fraction=0.5,
                    min_epochs=0, model_options={"dim": 8, "attn_dim": 4}, device="cpu", num_workers=0,
@@ -87,7 +78,8 @@ def test_kfold_run_writes_the_run_folder_tensorboard_and_loadable_checkpoints(pl
                  "figures/roc.png", "figures/pr.png", "figures/confusion_matrix.png", "figures/fold_1_training.png"):
         assert (run / name).is_file(), name
     csv = pd.read_csv(run / "summary.csv")
-    assert list(csv["fold"]) == ["0", "1", "mean", "std"]
+    assert list(csv["fold"]) == ["0", "1", "mean", "std", "folds_averaged"]
+    assert list(csv.iloc[4, 2:]) == [2, 2, 2, 2]
     tested = []
     for fold in (0, 1):
         metrics = json.loads((run / f"fold_{fold}" / "metrics.json").read_text())
@@ -159,14 +151,16 @@ def test_cli_trains_cma_mil_end_to_end_and_reports(planted_files, tmp_path):
             "--model-option", "dim=8", "--model-option", "cross_attention=local", "--magnifications", "10x,20x"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[0].split() == ["fold", "n", "auc", "accuracy", "balanced_accuracy", "f1_macro"]
     assert lines[1].split()[:2] == ["0", "6"] and lines[3].startswith("mean±std")
     config = (run / "config.yaml").read_text()
     assert "cross_attention: local" in config and "- 10x" in config and "epochs: 1" in config
     report = CliRunner().invoke(main, ["report", str(run)])
     assert report.exit_code == 0, report.output
-    assert report.output.splitlines()[:4] == lines[:4]
+    assert report.output.splitlines()[:5] == lines[:5] and lines[4] == "mean ± sample std over 2 folds"
+    assert "note: splits keep each patient's slides together (6 patients, 12 slides; patients from the patient_id " \
+           "column)" in result.stderr
     assert "figures: 5 written" in report.output and (run / "figures" / "fold_0_training.png").is_file()
     # evaluate: every fold's model on feature files; on its own test bags it repeats the fold's predictions
     out = tmp_path / "evaluated"

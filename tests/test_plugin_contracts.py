@@ -176,7 +176,7 @@ def test_cli_trains_a_bare_logit_aggregator_on_feature_files(tmp_path):
             "--num-workers", "0", "--device", "cpu"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert result.output.splitlines()[3].startswith("mean±std")
+    assert result.stdout.splitlines()[3].startswith("mean±std")
     for fold in (0, 1):
         predictions = pd.read_csv(run / f"fold_{fold}" / "predictions.csv")
         checkpoint = load_checkpoint(run / f"fold_{fold}" / "checkpoint.pt")

@@ -76,3 +76,33 @@ def main(ctx: click.Context, verbose: int, debug: bool) -> None:
     ctx.obj["debug"] = debug
     level = logging.DEBUG if verbose > 1 or debug else logging.INFO if verbose == 1 else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _show_notices()
+
+
+class _NoticeHandler(logging.Handler):
+    """Notices as `note: <message>` on the current stderr (resolved per message, as click's test runner swaps it),
+    each message once per command (a notice repeated per fold or per set is shown the first time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.said:
+            self.said.add(message)
+            click.echo(f"note: {message}", err=True)
+
+
+def _show_notices() -> None:
+    """Show library notices (`cmamil.notices`) on stderr; one handler however often `main` runs in a process."""
+    from cmamil.notices import NOTICE_LOGGER
+
+    logger = logging.getLogger(NOTICE_LOGGER)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    handler = next((h for h in logger.handlers if isinstance(h, _NoticeHandler)), None)
+    if handler is None:
+        logger.addHandler(_NoticeHandler())
+    else:
+        handler.said.clear()

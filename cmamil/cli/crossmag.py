@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cmamil.cli.options import config_options, given_options, option
+from cmamil.cli.options import config_options, given_options, option, options_file
+from cmamil.errors import InputError
 from cmamil.training.config import PatchTrainConfig
 
 __all__ = ["crossmag"]
@@ -27,29 +29,42 @@ def _sets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 
 
 @click.command(context_settings={"show_default": True})
-@option("model", required=True)
-@click.option("--set", "sets", multiple=True, required=True, callback=_sets, metavar="NAME=ROOT",
+@option("config_file", help="YAML file of options: sets (NAME: ROOT), mixed, and any training option; a study's "
+                            "crossmag.yaml repeats that study. Flags given on the command line override it.")
+@option("model")
+@click.option("--set", "sets", multiple=True, callback=_sets, metavar="NAME=ROOT",
               help="A named image set with training/ validation/ testing/ class folders; repeat for each "
                    "magnification (at least two).")
-@click.option("--mixed", is_flag=True, help="Also train one model on the union of all sets' training images.")
-@option("out", required=True, help="Study folder: one run folder per training set, the cells, and the matrix.")
+@click.option("--mixed", is_flag=True, help="Also train one model on the union of all sets' training images, and test "
+                                            "every model on the union of their test images.")
+@option("out", help="Study folder: one run folder per training set, the cells, and the matrix.")
 @config_options(PatchTrainConfig, skip=("model", "out", "images", "folds"))
-def crossmag(model: str, sets: tuple[tuple[str, Path], ...], mixed: bool, out: Path, **options: Any) -> None:
+def crossmag(config_file: Path | None, **options: Any) -> None:
     """Train on every magnification set and test on every set (MagFusion's cross-magnification study).
 
     \b
     Writes matrix_f1_macro.csv/.png (train × test macro-F1), matrix_accuracy.csv, crossmag.json and
-    crossmag.md (in-domain mean, cross-domain mean, directional asymmetry). Reruns reuse finished work.
+    crossmag.md (in-domain mean, cross-domain mean as MagFusion defines it and of the pure sets, directional
+    asymmetry). Reruns reuse finished work.
     Example:
       cmamil crossmag --model deit_small --set 100x=breakhis_100x --set 400x=breakhis_400x --mixed \\
           --out runs/deit_crossmag
+      cmamil crossmag --config runs/deit_crossmag/crossmag.yaml --out runs/deit_crossmag_again
     """
     from cmamil.cli.train import build_config
     from cmamil.crossmag import CrossMagConfig, run_crossmag
 
-    given = given_options(click.get_current_context(), options)
-    training = build_config(PatchTrainConfig, {**given, "model": model, "out": out,
-                                               "images": tuple(root for _, root in sets)}, "crossmag")
+    known = {f.name for f in fields(PatchTrainConfig)} | {"sets", "mixed"}
+    given = {**options_file(config_file, known), **given_options(click.get_current_context(), options)}
+    given.pop("images", None)  # a study file records the sets' roots as images too; the sets decide
+    sets = given.pop("sets", ())
+    sets = tuple((str(name), Path(root)) for name, root in (sets.items() if isinstance(sets, dict) else sets))
+    mixed = bool(given.pop("mixed", False))
+    given = {k: v for k, v in given.items() if v is not None}
+    if not sets or "model" not in given or "out" not in given:
+        raise InputError("--model, --set (twice or more) and --out are required (on the command line or in "
+                         "--config); see `cmamil crossmag --help`")
+    training = build_config(PatchTrainConfig, {**given, "images": tuple(root for _, root in sets)}, "crossmag")
     run_crossmag(CrossMagConfig(sets=sets, training=training, mixed=mixed))
-    click.echo(f"study folder: {out}")
-    click.echo((out / "crossmag.md").read_text().rstrip())
+    click.echo(f"study folder: {training.out}")
+    click.echo((training.out / "crossmag.md").read_text().rstrip())

@@ -15,12 +15,15 @@ from typing import Any, Callable
 
 import click
 
+from cmamil.training.config import FOLD_RULE
+
 __all__ = [
     "SHARED",
     "config_options",
     "given_options",
     "key_values",
     "option",
+    "options_file",
     "output_options",
     "slides_argument",
     "tiling_options",
@@ -144,7 +147,7 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                        "folders, or a flat class-folder tree with --folds (patch training)."}),
     "folds": (("--folds",), {"type": click.IntRange(min=2),
                              "help": "Cross-validation folds (with --images: the split folders are used unless "
-                                     "--folds is set)."}),
+                                     "--folds is set). " + FOLD_RULE}),
     "epochs": (("--epochs",), {"type": click.IntRange(min=1), "help": "Maximum epochs."}),
     "lr": (("--lr",), {"type": float, "help": "Learning rate (peak, after warm-up)."}),
     "weight_decay": (("--weight-decay",), {"type": float,
@@ -165,7 +168,8 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                    "help": "Stop after this many epochs without improvement of --monitor."}),
     "min_epochs": (("--min-epochs",), {"type": click.IntRange(min=0), "help": "Never stop early before this epoch."}),
     "val_fraction": (("--val-fraction",), {"type": click.FloatRange(0.0, 0.9),
-                                           "help": "Share of each fold's training part held out for validation."}),
+                                           "help": "Share of each fold's training part held out for validation (how many "
+                                                   "patients per class this needs: see --folds)."}),
     "model_options": (("--model-option", "model_options"), {
         "multiple": True, "callback": key_values, "metavar": "KEY=VALUE",
         "help": "Option passed to the model factory, repeatable (e.g. --model-option cross_attention=local)."}),
@@ -188,7 +192,11 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         "help": "Standardise each feature dimension per magnification with the mean and std of the fold's "
                 "training bags (helps un-normalised encoders, e.g. random weights)."}),
     "group_by": (("--group-by",), {"help": "Regex whose first group (or named group 'patient') in a file name is "
-                                            "the patient id; a patient's images never straddle splits."}),
+                                            "the patient id; a patient's images never straddle splits. Without it, "
+                                            "BreakHis and TCGA file names are grouped by patient automatically."}),
+    "no_group": (("--no-group",), {"is_flag": True,
+                                   "help": "Split by image even where file names name patients (states that images "
+                                           "are independent)."}),
     "split_names": (("--split-names",), {"help": "Comma-separated train,val,test folder names "
                                                   "[default: auto-detect]."}),
     "batch_size": (("--batch-size",), {"type": click.IntRange(min=1), "help": "Images per batch."}),
@@ -204,6 +212,13 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "explain": (("--explain",), {"type": click.IntRange(min=0),
                                  "help": "Grad-CAM / attention-rollout overlays per group (TP, FP, FN) of the test "
                                          "set (0: none)."}),
+    "config_file": (("--config", "config_file"), {
+        "type": click.Path(path_type=Path, dir_okay=False, exists=True),
+        "help": "YAML file of options (keys as the long flags, - or _); a run's own config.yaml repeats that run. "
+                "Flags given on the command line override it."}),
+    "dry_run": (("--dry-run",), {"is_flag": True,
+                                 "help": "Check the inputs, print the splits (per fold and part: items and "
+                                         "patients per class) and exit without writing anything."}),
     "embeddings": (("--embeddings",), {"type": click.IntRange(min=0),
                                        "help": "Test images whose embeddings go to TensorBoard's projector (0: none)."}),
     "mpp": (("--mpp",), {"type": click.FloatRange(min=0, min_open=True), "default": None,
@@ -248,6 +263,30 @@ def config_options(*config_classes: type, skip: tuple[str, ...] = ()) -> Callabl
             decorators.append(option(name, default=_cli_value(default) if shared else None, help=help_text,
                                      show_default=shown))
     return _options(*decorators)
+
+
+def options_file(path: Path | None, known: set[str]) -> dict[str, Any]:
+    """Options from a YAML file: a plain mapping, a run's config.yaml (its `config`), or a study file with a
+    `training` section; a key outside `known` is an error naming it."""
+    import yaml
+
+    from cmamil.errors import InputError
+
+    if path is None:
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a mapping of options (KEY: VALUE lines)")
+    if "kind" in data and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if isinstance(data.get("training"), dict):
+        data = {**data.pop("training"), **data}
+    options = {str(key).replace("-", "_"): value for key, value in data.items()}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(f"{path}: unknown option(s) {', '.join(unknown)}; use the names of the long flags "
+                         "(see --help)")
+    return options
 
 
 def given_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:

@@ -3,16 +3,20 @@
 One command, two inputs: `--features DIR --labels CSV` trains an aggregator (`cmamil.aggregators`) on per-bag
 feature files; `--images ROOT` trains a patch model (`cmamil.models`) on class folders. Which options apply to
 which input, and their defaults, come from the fields of `BagTrainConfig` and `PatchTrainConfig`: an option of
-the other kind is refused with one line.
+the other kind is refused with one line. `--config FILE.yaml` gives options from a file (a run's own config.yaml
+repeats that run; flags override the file), and `--dry-run` checks the inputs and prints the splits only.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import click
 
-from cmamil.cli.options import config_options, given_options
+from cmamil.cli.options import config_options, given_options, option, options_file
 from cmamil.errors import InputError
 from cmamil.training.config import BagTrainConfig, PatchTrainConfig, TrainConfig
 
@@ -20,31 +24,41 @@ __all__ = ["build_config", "echo_metrics", "train"]
 
 
 @click.command(context_settings={"show_default": True})
+@option("config_file")
 @config_options(BagTrainConfig, PatchTrainConfig)
-def train(**options: Any) -> None:
+@option("dry_run")
+def train(config_file: Path | None, dry_run: bool, **options: Any) -> None:
     """Train a model with k-fold cross-validation and write a run folder.
 
     \b
     Examples:
       cmamil train --features feats/ --labels labels.csv --model cma_mil --folds 5 --out runs/cma
       cmamil train --images breakhis_100x/ --model deit_small --out runs/deit_100x
+      cmamil train --config runs/cma/config.yaml --out runs/cma_again    # repeat a run
       tensorboard --logdir runs
     """
-    from cmamil.training.runner import run_training
-    from cmamil.training.summary import format_summary
-
     ctx = click.get_current_context()
-    given = given_options(ctx, options)
+    known = {f.name for kind in (BagTrainConfig, PatchTrainConfig) for f in fields(kind)}
+    given = {**options_file(config_file, known), **given_options(ctx, options)}
+    given = {k: v for k, v in given.items() if v is not None}
     if ("features" in given) == ("images" in given):
         raise InputError("give exactly one of --features (slide bags) or --images (patch images)")
     if "model" not in given or "out" not in given:
-        raise InputError("--model and --out are required; see `cmamil train --help`")
+        raise InputError("--model and --out are required (on the command line or in --config); "
+                         "see `cmamil train --help`")
     kind = BagTrainConfig if "features" in given else PatchTrainConfig
     if kind is PatchTrainConfig:
-        given["images"] = (given["images"],)
+        images = given["images"]
+        given["images"] = (images,) if isinstance(images, (str, Path)) else tuple(images)
     elif "labels" not in given:
         raise InputError("--features needs --labels (a CSV with slide_id,label[,patient_id])")
     config = build_config(kind, given, "--features" if kind is BagTrainConfig else "--images")
+    if dry_run:
+        _echo_plan(config)
+        return
+    from cmamil.training.runner import run_training
+    from cmamil.training.summary import format_summary
+
     summary = run_training(config)
     click.echo(format_summary(summary))
     click.echo(f"run folder: {config.out}  (tensorboard --logdir {config.out.parent})")
@@ -52,8 +66,6 @@ def train(**options: Any) -> None:
 
 def build_config(kind: type[TrainConfig], given: dict[str, Any], mode: str) -> TrainConfig:
     """A config of `kind` from the options a user gave; an option `kind` lacks is a one-line error."""
-    from dataclasses import fields
-
     names = {f.name for f in fields(kind)}
     wrong = [name for name in given if name not in names]
     if wrong:
@@ -64,9 +76,21 @@ def build_config(kind: type[TrainConfig], given: dict[str, Any], mode: str) -> T
         from cmamil.magnification import magnification_names
 
         values["magnifications"] = magnification_names(values["magnifications"])
-    if values.get("split_names"):
+    if isinstance(values.get("split_names"), str):
         values["split_names"] = tuple(part.strip() for part in values["split_names"].split(","))
     return kind(**values)
+
+
+def _echo_plan(config: TrainConfig) -> None:
+    """Print what a run would train on and its splits, having checked every input; write nothing."""
+    from cmamil.training.runner import plan_training
+    from cmamil.training.splits import format_splits
+
+    _, items, splits = plan_training(config)
+    patient_of = dict(zip(items.ids, items.patients)) if items.patients is not None else None
+    click.echo(format_splits(splits, dict(zip(items.ids, items.labels)), items.class_names, patient_of,
+                             items.grouping.item))
+    click.echo(f"dry run: inputs checked, {len(splits)} fold(s); nothing written to {config.out}")
 
 
 def echo_metrics(result: dict[str, Any], prefix: str = "") -> None:
@@ -74,6 +98,9 @@ def echo_metrics(result: dict[str, Any], prefix: str = "") -> None:
     metrics = result.get("summary", result)
     for key in ("accuracy", "balanced_accuracy", "f1_macro", "auc"):
         value = metrics[key]
-        shown = f"{value['mean']:.4f} ± {value['std']:.4f}" if isinstance(value, dict) else f"{value:.4f}"
+        if isinstance(value, dict):
+            shown = f"{value['mean']:.4f} ± {value['std']:.4f} over {value['n']} fold(s)"
+        else:
+            shown = "n/a (the data lack a class)" if math.isnan(value) else f"{value:.4f}"
         click.echo(f"{prefix}{key}: {shown}")
 

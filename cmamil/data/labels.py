@@ -1,7 +1,8 @@
 """Labelled slide bags: labels.csv matched to feature files, checked before any training starts.
 
 labels.csv has the columns `slide_id,label` and optionally `patient_id` (slides of one patient never straddle
-folds). Class names are the distinct labels, sorted (numerically when every label is an integer); class k is
+folds); without it, patients are read from TCGA barcodes in the slide ids (`cmamil.data.patients`), else each slide
+is its own patient. Class names are the distinct labels, sorted (numerically when every label is an integer); class k is
 the k-th name. Every problem is reported at once: a blank or duplicate id, a blank label, a missing or
 unreadable feature file, a bag lacking a requested magnification, a feature size that differs from the others.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cmamil.data.patients import Grouping, known_patients
 from cmamil.errors import InputError
 from cmamil.magnification import magnification_order
 
@@ -28,6 +30,7 @@ class LabelTable:
     paths: tuple[Path, ...] = ()
     magnifications: tuple[str, ...] = ()
     in_dim: int = 0
+    patient_source: str = "the patient_id column"
 
     def __post_init__(self) -> None:
         n = len(self.slide_ids)
@@ -38,6 +41,11 @@ class LabelTable:
     def has_patients(self) -> bool:
         """Whether patients group slides (otherwise each slide is its own patient)."""
         return self.patients != self.slide_ids
+
+    @property
+    def grouping(self) -> Grouping:
+        """How splits group the slides: by patient (and where patients came from), or per slide."""
+        return Grouping(self.patients if self.has_patients else None, self.patient_source)
 
     def index(self) -> dict[str, int]:
         """Row of each slide id."""
@@ -99,12 +107,22 @@ def _parse_labels(path: Path, class_names: tuple[str, ...] | None) -> tuple[Labe
         seen.setdefault(slide, line)
         if not any(bad):
             rows.append((slide, label, patient))
+    source = "the patient_id column"
+    if not has_patients:
+        found = known_patients([r[0] for r in rows])
+        if found is not None and found[0] == "TCGA":
+            rows = [(slide, label, patient) for (slide, label, _), patient in zip(rows, found[1])]
+            source = "the TCGA barcodes of the slide ids (TCGA-XX-XXXX is the patient)"
+        else:
+            source = ("labels.csv has no patient_id column and the slide ids are no TCGA barcodes; add a patient_id "
+                      "column if a patient has several slides")
     names = tuple(class_names) if class_names is not None else _class_order({r[1] for r in rows})
     if len(names) < 2 and not problems:
         raise InputError(f"{path}: every slide has the label '{names[0]}'; training needs two or more classes")
     code = {name: i for i, name in enumerate(names)}
     table = LabelTable(
-        tuple(r[0] for r in rows), tuple(code[r[1]] for r in rows), tuple(r[2] for r in rows), names
+        tuple(r[0] for r in rows), tuple(code[r[1]] for r in rows), tuple(r[2] for r in rows), names,
+        patient_source=source,
     )
     return table, problems
 
@@ -153,7 +171,7 @@ def load_labelled_bags(
     _raise_problems(Path(labels), problems)
     return LabelTable(
         table.slide_ids, table.labels, table.patients, table.class_names,
-        tuple(paths), magnification_order(wanted or ()), next(iter(dims)),
+        tuple(paths), magnification_order(wanted or ()), next(iter(dims)), table.patient_source,
     )
 
 

@@ -1,8 +1,14 @@
 """Classification metrics from labels and class probabilities (scikit-learn), and their fold summaries.
 
 One function serves bag (MIL) and patch models, so every report and table uses the same definitions:
-AUC is binary ROC AUC for two classes and macro one-vs-rest AUC otherwise (undefined when a class is
-missing from y_true); precision/recall/F1 are macro and weighted; the confusion matrix has rows = truth.
+AUC is binary ROC AUC for two classes and macro one-vs-rest AUC otherwise (undefined, NaN, when a class is
+missing from y_true: `absent_classes` names it); precision/recall/F1 are macro and weighted; the confusion
+matrix has rows = truth.
+
+Absent classes: a macro average is taken over the classes that occur in y_true or in the predictions. A class
+in neither has no defined precision or recall and is left out (it does not count as 0, so a perfect prediction
+of a test part lacking a class scores 1.0); a class predicted but absent from y_true counts, with F1 0 (its
+predictions are all wrong). Per-class entries list every class, with support 0 for an absent one.
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ def classification_metrics(
         "balanced_accuracy": balanced,
         "auc": _auc(y_true, probs, labels),
     }
+    occurring = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    out["absent_classes"] = [name for i, name in enumerate(class_names) if i not in set(y_true.tolist())]
     for average in ("macro", "weighted"):
         p, r, f, _ = skm.precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=average, zero_division=0
+            y_true, y_pred, labels=occurring if average == "macro" else labels, average=average, zero_division=0
         )
         out[f"precision_{average}"], out[f"recall_{average}"], out[f"f1_{average}"] = float(p), float(r), float(f)
     p, r, f, support = skm.precision_recall_fscore_support(

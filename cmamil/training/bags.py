@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from cmamil.aggregators import aggregator_loss, create_aggregator, forward_bag
 from cmamil.data.bags import BagDataset, FeatureScaler, bag_loader, fit_scaler
 from cmamil.data.labels import LabelTable, load_labelled_bags
+from cmamil.data.provenance import feature_set_fingerprint, file_sha256
 from cmamil.training.config import BagTrainConfig
 from cmamil.training.predictions import Predictions
 from cmamil.training.splits import Split, load_splits
@@ -37,8 +38,7 @@ class BagTask:
 
     def items(self) -> Items:
         table = self.table
-        return Items(table.slide_ids, table.labels, table.patients if table.has_patients else None,
-                     table.class_names)
+        return Items(table.slide_ids, table.labels, table.grouping, table.class_names)
 
     def given_splits(self) -> list[Split] | None:
         return load_splits(self.config.splits, self.table.slide_ids) if self.config.splits is not None else None
@@ -95,8 +95,11 @@ class BagTask:
         table = self.table
         counts = np.bincount(table.labels, minlength=len(table.class_names))
         return {"bags": len(table.slide_ids), "patients": len(set(table.patients)),
+                "grouping": table.grouping.describe(),
                 "per_class": {n: int(c) for n, c in zip(table.class_names, counts)},
-                "magnifications": list(table.magnifications), "in_dim": table.in_dim}
+                "magnifications": list(table.magnifications), "in_dim": table.in_dim,
+                "labels_sha256": file_sha256(self.config.labels),
+                "features": feature_set_fingerprint(table.paths, table.magnifications)}
 
     def inspect(self, model, dataset, predictions, folder, device, writer) -> dict[str, Any]:
         return {}

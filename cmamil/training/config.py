@@ -18,6 +18,7 @@ from cmamil.errors import InputError
 
 __all__ = [
     "AUGMENTATIONS",
+    "FOLD_RULE",
     "MONITORS",
     "OPTIMIZERS",
     "SCHEDULERS",
@@ -31,6 +32,9 @@ MONITORS = ("auc", "f1_macro", "balanced_accuracy", "accuracy", "loss")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine")
 AUGMENTATIONS = ("none", "basic", "strong")
+FOLD_RULE = ("With --folds K every class needs at least K patients (slides or images when there are no patient "
+             "ids), so that each test fold holds every class; with --val-fraction > 0 a class of n also needs "
+             "n − ⌈n/K⌉ ≥ 2, so that each fold's training part can give validation one (4 for --folds 2).")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,6 +153,7 @@ class PatchTrainConfig(TrainConfig):
     amp: bool = True
     monitor: str = "f1_macro"
     group_by: str | None = None
+    no_group: bool = False
     split_names: tuple[str, ...] | None = None
     batch_size: int = 32
     label_smoothing: float = 0.0
@@ -176,6 +181,8 @@ class PatchTrainConfig(TrainConfig):
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
+        if self.group_by is not None and self.no_group:
+            raise InputError("--group-by and --no-group contradict each other; give one")
         if self.group_by is not None:
             try:
                 re.compile(self.group_by)

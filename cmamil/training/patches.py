@@ -23,10 +23,11 @@ from cmamil.data.images import (
     ImageSet,
     find_split_folders,
     image_loader,
-    patient_groups,
     read_class_folders,
 )
+from cmamil.data.patients import Grouping, image_grouping
 from cmamil.models import create_model
+from cmamil.notices import notice
 from cmamil.data.transforms import BatchMixer, eval_transform, train_transform
 from cmamil.training.config import PatchTrainConfig
 from cmamil.training.predictions import Predictions
@@ -42,16 +43,18 @@ class PatchTask:
 
     def __init__(self, config: PatchTrainConfig, class_names: tuple[str, ...] | None = None) -> None:
         self.config = config
-        self.images, self._fixed = _read_images(config, class_names)
+        self.images, self.grouping, self._fixed = _read_images(config, class_names)
         self.ids = tuple(str(p) for p in self.images.paths)
-        self.patients = (tuple(patient_groups(self.images.paths, config.group_by))
-                         if config.group_by is not None else None)
+        self.patients = self.grouping.patients
         self._index = {item: i for i, item in enumerate(self.ids)}
+        if config.weights is None:
+            notice(f"{config.model} starts from random weights; pass --weights hub (published weights, where the "
+                   "model has them) or --weights FILE.pth to start from pretrained ones")
         self._data_config = None
         self._loaders: dict[int, DataLoader] = {}
 
     def items(self) -> Items:
-        return Items(self.ids, self.images.labels, self.patients, self.images.class_names)
+        return Items(self.ids, self.images.labels, self.grouping, self.images.class_names)
 
     def given_splits(self) -> list[Split] | None:
         return self._fixed
@@ -114,6 +117,7 @@ class PatchTask:
     def describe(self) -> dict[str, Any]:
         return {"images": len(self.images), "per_class": self.images.counts(),
                 "patients": len(set(self.patients)) if self.patients else None,
+                "grouping": self.grouping.describe(), "initial_weights": self.config.weights or "random",
                 "skipped_images": [list(item) for item in self.images.skipped]}
 
     def inspect(self, model, dataset, predictions, folder: Path, device, writer) -> dict[str, Any]:
@@ -163,9 +167,10 @@ def rebuild_patch_model(meta: dict[str, Any]) -> tuple[nn.Module, Callable]:
     return model, eval_transform(model.data_config, meta.get("input_px"))
 
 
-def _read_images(config: PatchTrainConfig,
-                 class_names: tuple[str, ...] | None) -> tuple[ImageSet, list[Split] | None]:
-    """Every image of the run, and the one fixed split when the roots have split folders and no --folds."""
+def _read_images(config: PatchTrainConfig, class_names: tuple[str, ...] | None
+                 ) -> tuple[ImageSet, Grouping, list[Split] | None]:
+    """Every image of the run, their patients, and the one fixed split when the roots have split folders and no
+    --folds."""
     from cmamil.errors import InputError
 
     layouts = [find_split_folders(root, config.split_names) for root in config.images]
@@ -177,16 +182,19 @@ def _read_images(config: PatchTrainConfig,
         sets = [read_class_folders(root, class_names) if layout is None else ImageSet.concat(
             [read_class_folders(layout[s], class_names) for s in ("train", "val", "test") if s in layout])
             for root, layout in zip(config.images, layouts)]
-        return ImageSet.concat(sets), None
+        everything = ImageSet.concat(sets)
+        return everything, image_grouping(everything.paths, config.group_by, config.no_group), None
     train = ImageSet.concat([read_class_folders(layout["train"], class_names) for layout in layouts])
     names = train.class_names
     test = ImageSet.concat([read_class_folders(layout["test"], names) for layout in layouts])
-    if all("val" in layout for layout in layouts):
-        val = ImageSet.concat([read_class_folders(layout["val"], names) for layout in layouts])
-    else:
-        groups = patient_groups(train.paths, config.group_by) if config.group_by is not None else None
+    given_val = all("val" in layout for layout in layouts)
+    val = ImageSet.concat([read_class_folders(layout["val"], names) for layout in layouts]) if given_val else None
+    grouping = image_grouping([p for part in (train, val, test) if part for p in part.paths], config.group_by,
+                              config.no_group)
+    if val is None:
+        groups = grouping.patients[:len(train)] if grouping.patients else None
         held = holdout_mask(train.labels, config.val_fraction, groups=groups, seed=config.seed)
         train, val = train.subset(~held), train.subset(held)
     everything = ImageSet.concat([train, val, test])
     ids = [tuple(str(p) for p in part.paths) for part in (train, val, test)]
-    return everything, [Split(0, *ids)]
+    return everything, image_grouping(everything.paths, config.group_by, config.no_group), [Split(0, *ids)]

@@ -15,19 +15,21 @@ from typing import Any, Callable, Sequence
 from torch.utils.tensorboard import SummaryWriter
 
 from cmamil.atomic import write_json
+from cmamil.data.patients import check_patients_apart
 from cmamil.environment import resolve_device, seed_everything
 from cmamil.errors import InputError
 from cmamil.evaluation.metrics import HEADLINE
+from cmamil.notices import notice
 from cmamil.training.config import TrainConfig
 from cmamil.training.loop import LAST, fit
 from cmamil.training.predictions import write_predictions
 from cmamil.training.run_folder import RunFolder
-from cmamil.training.splits import Split, make_splits
+from cmamil.training.splits import PARTS, Split, make_splits
 from cmamil.training.summary import summarize_run
 from cmamil.training.task import Items, Task
 from cmamil.training.tblog import log_evaluation, log_hparams
 
-__all__ = ["create_task", "run_training", "train_fold"]
+__all__ = ["create_task", "plan_training", "run_training", "train_fold"]
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +53,11 @@ def run_training(config: TrainConfig,
 
     `on_epoch(fold, row)` is called after every epoch with its history row.
     """
+    task, items, splits = plan_training(config)
     run = RunFolder(config.out)
     run.root.mkdir(parents=True, exist_ok=True)
-    if not config.overwrite:
-        run.check_options(config.fingerprint())
-    task = create_task(config, None if config.overwrite else run.previous_classes())
-    items = task.items()
     run.write_config(config.kind, config.to_dict(), config.fingerprint(), items.class_names, task.describe())
-    splits = _splits(config, task, items, run)
+    run.save_splits(splits)
     for split in splits:
         if run.fold_finished(split.fold) and not config.overwrite:
             log.info("fold %d is finished; skipping it", split.fold)
@@ -118,17 +117,26 @@ def _epochs_done(folder: Path) -> int:
     return max(len(history.read_text().splitlines()) - 1, 0)
 
 
-def _splits(config: TrainConfig, task: Task, items: Items, run: RunFolder) -> list[Split]:
-    """Splits fixed by the input, else the run's saved ones (resuming), else new stratified grouped k-fold."""
+def plan_training(config: TrainConfig) -> tuple[Task, Items, list[Split]]:
+    """Check the inputs and settle the splits of a run, writing nothing (`cmamil train --dry-run` stops here).
+
+    Splits are those fixed by the input, else the run's saved ones (resuming), else new stratified grouped k-fold;
+    a patient on two sides of any fold is an error."""
+    run = RunFolder(config.out)
+    if not config.overwrite:
+        run.check_options(config.fingerprint())
+    task = create_task(config, None if config.overwrite else run.previous_classes())
+    items = task.items()
+    notice(items.grouping.describe())
     splits = task.given_splits()
     if splits is None and not config.overwrite:
         splits = run.saved_splits(items.ids)
     if splits is None:
         splits = make_splits(items.ids, items.labels, items.patients, folds=config.folds,
-                             val_fraction=config.val_fraction, seed=config.seed)
+                             val_fraction=config.val_fraction, seed=config.seed, class_names=items.class_names,
+                             unit=items.grouping.item)
     _check_patients(splits, items)
-    run.save_splits(splits)
-    return splits
+    return task, items, splits
 
 
 def _check_patients(splits: Sequence[Split], items: Items) -> None:
@@ -137,15 +145,7 @@ def _check_patients(splits: Sequence[Split], items: Items) -> None:
         return
     patient = dict(zip(items.ids, items.patients))
     for split in splits:
-        owner: dict[str, str] = {}
-        for part in ("train", "val", "test"):
-            for item in getattr(split, part):
-                first = owner.setdefault(patient[item], part)
-                if first != part:
-                    raise InputError(
-                        f"fold {split.fold}: patient {patient[item]} has items in both {first} and {part}; "
-                        "fix the splits so that each patient lies in one part"
-                    )
+        check_patients_apart({part: getattr(split, part) for part in PARTS}, patient, f"fold {split.fold}")
 
 
 def _hparams(config: TrainConfig, fold: int) -> dict[str, Any]:

@@ -8,6 +8,7 @@ also be CLAM-style files (`splits_K.csv` with the columns train, val, test, each
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -19,8 +20,19 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from cmamil.atomic import write_text
 from cmamil.errors import InputError
+from cmamil.text_table import align
 
-__all__ = ["PARTS", "Split", "assign_folds", "holdout_mask", "load_splits", "make_splits", "save_splits"]
+__all__ = [
+    "PARTS",
+    "Split",
+    "assign_folds",
+    "format_splits",
+    "holdout_mask",
+    "largest_folds",
+    "load_splits",
+    "make_splits",
+    "save_splits",
+]
 
 PARTS = ("train", "val", "test")
 
@@ -50,24 +62,36 @@ def make_splits(
     folds: int = 5,
     val_fraction: float = 0.2,
     seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    unit: str = "item",
 ) -> list[Split]:
     """Stratified k-fold over groups (patients; each id its own group when None), with a stratified grouped
-    validation part of about `val_fraction` of each training part (none when 0)."""
+    validation part of about `val_fraction` of each training part (none when 0).
+
+    Every class must meet `cmamil.training.config.FOLD_RULE` (`unit` names what an id is in the error, e.g. slide or image)."""
     ids = np.asarray(ids, dtype=object)
     labels = np.asarray(labels)
+    names = list(class_names) if class_names is not None else [str(c) for c in range(int(labels.max()) + 1)]
+    unit = "patient" if groups is not None else unit
     groups = np.asarray(groups if groups is not None else ids, dtype=object)
-    _check_enough(labels, groups, folds, "--folds")
+    _check_fold_rule(labels, groups, folds, val_fraction > 0, names, unit)
     fold_of = assign_folds(labels, folds, groups=groups, seed=seed)
     splits = []
     for fold in range(folds):
         train, test = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
         val = np.array([], dtype=int)
         if val_fraction > 0:  # every class needs a patient on each side; holdout_mask checks the total
-            _check_enough(labels[train], groups[train], 2, f"--val-fraction {val_fraction} in fold {fold}")
+            _check_training_part(labels[train], groups[train], fold, names, unit)
             held = holdout_mask(labels[train], val_fraction, groups=groups[train], seed=seed + fold)
             train, val = train[~held], train[held]
         splits.append(Split(fold, *(tuple(ids[np.sort(p)]) for p in (train, val, test))))
     return splits
+
+
+def largest_folds(counts: Sequence[int], with_val: bool) -> int | None:
+    """The largest --folds that classes of `counts` patients (or items) allow under `FOLD_RULE`; None if not 2."""
+    fitting = [k for k in range(2, min(counts) + 1) if all(_fits(n, k, with_val) for n in counts)]
+    return max(fitting) if fitting else None
 
 
 def assign_folds(
@@ -121,15 +145,58 @@ class _Quiet:
             yield from self.splitter.split(x, y, groups)
 
 
-def _check_enough(labels: np.ndarray, groups: np.ndarray, parts: int, option: str) -> None:
-    """Every class needs at least `parts` groups, so that each part can hold every class."""
+def _fits(n: int, k: int, with_val: bool) -> bool:
+    """Whether a class of `n` patients meets `FOLD_RULE` for `k` folds."""
+    return n >= k and (not with_val or n - math.ceil(n / k) >= 2)
+
+
+def _check_fold_rule(labels: np.ndarray, groups: np.ndarray, folds: int, with_val: bool, names: list[str],
+                     unit: str) -> None:
+    """Every class must meet FOLD_RULE; the error names the classes that do not and the largest --folds that works."""
+    counts = {names[c]: len(set(groups[labels == c])) for c in np.unique(labels)}
+    short = [f"class '{name}' has {n} {unit}{'s' if n != 1 else ''}" for name, n in counts.items()
+             if not _fits(n, folds, with_val)]
+    if not short:
+        return
+    largest = largest_folds(list(counts.values()), with_val)
+    need = f"--folds {folds} needs at least {folds} {unit}s per class"
+    if with_val:
+        need += " and n − ⌈n/K⌉ ≥ 2 of a class's n left for training in each fold (for --val-fraction)"
+    advice = (f"the largest --folds that works is {largest}" if largest is not None
+              else "no --folds works: add data" + (" or pass --val-fraction 0" if with_val else ""))
+    raise InputError(f"{', '.join(short)}; {need}; {advice}")
+
+
+def _check_training_part(labels: np.ndarray, groups: np.ndarray, fold: int, names: list[str], unit: str) -> None:
+    """Every class needs two groups in a fold's training part, so that validation can take one."""
     for label in np.unique(labels):
         n = len(set(groups[labels == label]))
-        if n < parts:
+        if n < 2:
             raise InputError(
-                f"class {label} has {n} patient(s)/slide(s), fewer than the {parts} parts that {option} needs; "
-                "lower --folds or --val-fraction, or add data"
+                f"fold {fold}: class '{names[label]}' has {n} {unit} in the training part, fewer than the 2 that "
+                "--val-fraction needs; lower --folds or --val-fraction, or add data"
             )
+
+
+def format_splits(splits: Sequence[Split], label_of: dict[str, int], class_names: Sequence[str],
+                  patient_of: dict[str, str] | None = None, unit: str = "item") -> str:
+    """A table of every fold's parts: items per class, and patients per class when items are grouped."""
+    header = ["fold", "part", *class_names]
+    rows = []
+    for split in splits:
+        for part in PARTS:
+            ids = getattr(split, part)
+            cells = []
+            for c in range(len(class_names)):
+                members = [i for i in ids if label_of[i] == c]
+                cell = str(len(members))
+                if patient_of is not None:
+                    n = len({patient_of[i] for i in members})
+                    cell += f" ({n} patient{'s' if n != 1 else ''})"
+                cells.append(cell)
+            rows.append([str(split.fold), part, *cells])
+    lines = align([header, *rows])
+    return "\n".join([f"{unit}s per class in each part of each fold:", *lines])
 
 
 def save_splits(splits: Sequence[Split], folder: str | Path) -> None:
@@ -141,7 +208,7 @@ def save_splits(splits: Sequence[Split], folder: str | Path) -> None:
 
 def load_splits(folder: str | Path, known: Sequence[str] | None = None) -> list[Split]:
     """Read `fold_K.csv` (id,split; `slide_id` also accepted) or CLAM-style `splits_K.csv` (train,val,test
-    columns) files, ordered by K; ids outside `known` are an error."""
+    columns) files, ordered by K; ids outside `known`, and ids of `known` in no part of a fold, are errors."""
     import pandas as pd
 
     folder = Path(folder)
@@ -167,9 +234,17 @@ def load_splits(folder: str | Path, known: Sequence[str] | None = None) -> list[
                 f"{path} has columns {', '.join(table.columns)}; expected id,split or CLAM-style train,val,test"
             )
         if known_set is not None:
-            unknown = sorted({i for p in parts.values() for i in p} - known_set)
+            listed = {i for p in parts.values() for i in p}
+            unknown, left_out = sorted(listed - known_set), sorted(known_set - listed)
             if unknown:
-                shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
-                raise InputError(f"{path} names {len(unknown)} id(s) missing from the labels: {shown}")
+                raise InputError(f"{path} names {len(unknown)} id(s) missing from the labels: {_shown(unknown)}")
+            if left_out:
+                raise InputError(f"{path} leaves out {len(left_out)} labelled id(s): {_shown(left_out)}; add them to "
+                                 "a part (train, val or test) or remove them from the labels")
         splits.append(Split(fold, *(tuple(parts[p]) for p in PARTS)))
     return splits
+
+
+def _shown(ids: Sequence[str]) -> str:
+    """The first five ids, and an ellipsis when there are more."""
+    return ", ".join(ids[:5]) + (" …" if len(ids) > 5 else "")

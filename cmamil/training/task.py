@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
+from cmamil.data.patients import Grouping
 from cmamil.training.predictions import Predictions
 from cmamil.training.splits import Split
 
@@ -23,12 +24,17 @@ __all__ = ["FoldData", "Items", "StepOutput", "Task"]
 
 @dataclass(frozen=True)
 class Items:
-    """Every labelled item of a run: ids, class indices, patients (None: each item its own) and class names."""
+    """Every labelled item of a run: ids, class indices, how they group into patients, and class names."""
 
     ids: tuple[str, ...]
     labels: tuple[int, ...]
-    patients: tuple[str, ...] | None
+    grouping: Grouping
     class_names: tuple[str, ...]
+
+    @property
+    def patients(self) -> tuple[str, ...] | None:
+        """The patient of every item, or None when each item is its own."""
+        return self.grouping.patients
 
 
 @dataclass(frozen=True)

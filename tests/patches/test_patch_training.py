@@ -150,7 +150,8 @@ def test_kfold_groups_patients_and_summarises_folds(tmp_path, invoke, fast_train
     assert summary["mean_std"]["f1_macro"]["mean"] == pytest.approx(np.mean(f1))
     assert summary["mean_std"]["f1_macro"]["std"] == pytest.approx(np.std(f1, ddof=1))
     rows = list(csv.reader((out / "summary.csv").open()))
-    assert [r[0] for r in rows] == ["fold", "0", "1", "mean", "std"]
+    assert [r[0] for r in rows] == ["fold", "0", "1", "mean", "std", "folds_averaged"]
+    assert rows[-1][2:] == ["2", "2", "2", "2"]
 
     result = invoke(["evaluate", str(out), "--images", str(root), "--no-benchmark", "--explain", "0",
                      "--embeddings", "0", "--num-workers", "0", "--device", "cpu"])

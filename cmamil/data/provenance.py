@@ -1,0 +1,44 @@
+"""What a bag run was trained on: the labels file's content hash and the feature set's fingerprint.
+
+Both go into the run's config.yaml (`data`), so that a rerun on changed labels or re-extracted features can be
+told apart from the run it claims to repeat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["feature_set_fingerprint", "file_sha256"]
+
+# feature-file attributes that determine feature values, as `cmamil extract` writes them
+_VALUE_ATTRS = ("encoder", "encoder_weights", "encoder_options", "tile_px", "input_px", "precision", "fingerprint")
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def feature_set_fingerprint(paths: Sequence[Path], magnifications: Sequence[str]) -> dict[str, Any]:
+    """Encoder, weights hash, magnifications and tile size of a set of feature files, and one sha256 over every
+    file's value-determining attributes (a value that differs between files is listed with all its values)."""
+    from cmamil.store import bag_info
+
+    per_bag = []
+    for path in paths:
+        attrs = bag_info(path).attrs
+        per_bag.append({"bag": path.name, **{k: attrs.get(k) for k in _VALUE_ATTRS if k in attrs}})
+    summary: dict[str, Any] = {"magnifications": list(magnifications)}
+    for key in ("encoder", "encoder_weights", "tile_px"):
+        values = sorted({json.dumps(bag.get(key)) for bag in per_bag})
+        summary[key] = json.loads(values[0]) if len(values) == 1 else [json.loads(v) for v in values]
+    blob = json.dumps([per_bag, list(magnifications)], sort_keys=True, default=str).encode()
+    summary["sha256"] = hashlib.sha256(blob).hexdigest()
+    return summary
