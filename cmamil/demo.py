@@ -15,12 +15,15 @@ from typing import Any, Callable
 from cmamil.errors import InputError
 from cmamil.synthetic import CohortConfig
 
-__all__ = ["COMPARISON", "DemoConfig", "comparison_table", "run_demo"]
+__all__ = ["COMPARISON", "DEMO_CMA_MIL", "DemoConfig", "comparison_table", "localisation", "run_demo", "write_heatmaps"]
 
 # (row name, aggregator, model options) of the comparison, all trained on the demo's splits
+# the demo's CMA-MIL: cmamil's local (parent/child) cross-attention, exp_raw weighting, bag loss only
+DEMO_CMA_MIL = {"cross_attention": "local", "attn_weighting": "exp_raw", "bag_weight": 1.0}
 COMPARISON: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("cma_mil (local)", "cma_mil", {"cross_attention": "local", "attn_weighting": "exp_raw"}),
-    ("cma_mil (dense)", "cma_mil", {"cross_attention": "dense", "attn_weighting": "exp_raw"}),
+    ("cma_mil (local)", "cma_mil", DEMO_CMA_MIL),
+    ("cma_mil (dense)", "cma_mil", {**DEMO_CMA_MIL, "cross_attention": "dense"}),
+    ("cma_mil (published: dense, repo)", "cma_mil", {"cross_attention": "dense", "attn_weighting": "repo"}),
     ("abmil (20x only)", "abmil", {"magnification": "20x"}),
     ("abmil (all mags)", "abmil", {"magnification": "all"}),
     ("mean_pool", "mean_pool", {}),
@@ -38,11 +41,10 @@ class DemoConfig:
     magnifications: str = "5,10,20"
     tile_px: int = 64
     folds: int = 5
-    epochs: int = 20
-    model_options: dict[str, Any] = field(
-        default_factory=lambda: {"cross_attention": "local", "attn_weighting": "exp_raw"}
-    )
+    epochs: int = 12
+    model_options: dict[str, Any] = field(default_factory=lambda: dict(DEMO_CMA_MIL))
     lr: float = 1e-3
+    standardize: bool = True
     val_fraction: float = 0.2
     device: str = "auto"
     seed: int = 0
@@ -199,7 +201,7 @@ def _train(
     return run_training(BagTrainConfig(
         model=model, features=features, labels=labels, out=run, folds=config.folds, epochs=config.epochs,
         lr=config.lr, min_epochs=config.epochs // 2, patience=config.epochs, val_fraction=config.val_fraction,
-        model_options=dict(options),
+        standardize=config.standardize, model_options=dict(options),
         splits=splits, seed=config.seed, device=config.device, num_workers=0,
     ))
 

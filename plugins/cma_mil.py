@@ -197,7 +197,8 @@ class CMAMIL(InstanceSupervised):
             else:
                 streams.append(ca(z[i], z[j], owner=ancestors(bag, mags[i], mags[j]), keys_are_children=False))
         stream_logits, attention, inst_losses = [], {}, []
-        y = None if label is None else int(label.reshape(-1)[0])
+        # the instance loss is computed only when it is trained (bag_weight 1 leaves the bag loss alone)
+        y = None if label is None or self.bag_weight == 1.0 else int(label.reshape(-1)[0])
         for mag, u in zip(mags, streams):
             raw = self.attention(u)
             alpha = torch.softmax(raw, dim=0)

@@ -82,3 +82,20 @@ def test_cohort_labels_are_drawn_per_patient(tmp_path):
     assert table.labels[0] == table.labels[1] and table.labels[2] == table.labels[3] and sum(table.labels) == 2
     assert [s.label for s in slides] == [table.class_names[k] for k in table.labels]
     assert all(s.path.is_file() and s.truth_path.is_file() for s in slides)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_20x_tile_holds_texture_and_wall(seed):
+    """The single-scale cue is closed: texture lies farther from every wall than a 20x demo tile's diagonal."""
+    tile_um = 64 * CONFIG.mpp  # the demo's 64-px tiles at 20x (0.5 µm/px)
+    assert CONFIG.gap_um > tile_um * np.sqrt(2)
+    _, positive = render_slide(CONFIG, True, np.random.default_rng(seed))
+    texture = positive == REGION_CODES["texture_inside"]
+    distance_um = ndimage.distance_transform_edt(positive != REGION_CODES["wall"]) * CONFIG.mpp
+    assert distance_um[texture].min() > tile_um * np.sqrt(2)
+    side = 64
+    both = [
+        (texture[y:y + side, x:x + side].any() and (positive[y:y + side, x:x + side] == REGION_CODES["wall"]).any())
+        for y in range(0, positive.shape[0], side // 2) for x in range(0, positive.shape[1], side // 2)
+    ]
+    assert not any(both)

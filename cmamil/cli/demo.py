@@ -14,16 +14,17 @@ __all__ = ["demo"]
 @click.command(context_settings={"show_default": True})
 @option("out", default=Path("cmamil-demo"),
         help="Folder for the cohort, feature files and runs; a rerun reuses finished stages.")
-@click.option("--slides", type=click.IntRange(min=4), default=24, help="Number of synthetic slides (one per patient).")
+@click.option("--slides", type=click.IntRange(min=4), default=96, help="Number of synthetic slides (one per patient).")
 @click.option("--signal", type=click.FloatRange(min=0.0), default=1.0,
               help="Contrast of the planted fine texture (0 removes the signal: AUC should fall to chance).")
 @click.option("--folds", type=click.IntRange(min=2), default=5, help="Cross-validation folds.")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, help="Training epochs per fold.")
+@click.option("--epochs", type=click.IntRange(min=1), default=12, help="Training epochs per fold.")
 @click.option("--cross-attention", type=click.Choice(["local", "dense"]), default="local",
               help="CMA-MIL cross-magnification attention: local (parent/child tiles) or dense (all pairs).")
 @click.option("--compare", is_flag=True,
-              help="Also train cma_mil (dense and local), abmil on 20x only and on all magnifications, and "
-                   "mean_pool on the same splits, and print one comparison table.")
+              help="Also train cma_mil with dense cross-attention (cmamil's options and the published ones), abmil "
+                   "on 20x only and on all magnifications, and mean_pool on the same features and splits, and print "
+                   "one comparison table.")
 @option("device", default="auto")
 @option("seed", default=0, help="Seed of the cohort, the splits and training.")
 def demo(out: Path, slides: int, signal: float, folds: int, epochs: int, cross_attention: str, compare: bool,
@@ -42,14 +43,14 @@ def demo(out: Path, slides: int, signal: float, folds: int, epochs: int, cross_a
       tensorboard --logdir cmamil-demo/runs
     """
     from cmamil.synthetic import CohortConfig
-    from cmamil.demo import DemoConfig, run_demo
+    from cmamil.demo import DEMO_CMA_MIL, DemoConfig, run_demo
 
     config = DemoConfig(
         out=out,
         cohort=CohortConfig(n_slides=slides, signal=signal, seed=seed),
         folds=folds,
         epochs=epochs,
-        model_options={"cross_attention": cross_attention, "attn_weighting": "exp_raw"},
+        model_options={**DEMO_CMA_MIL, "cross_attention": cross_attention},
         device=device,
         seed=seed,
         compare=compare,

@@ -5,14 +5,16 @@ Every slide is H&E-like tissue (pink stroma, scattered nuclei) holding the same 
 shows only as a piece of wall) and the same number of discs of **fine texture** (a stipple of 2 µm period:
 plain at 20×, averaged away at 5×, and zero-mean so it does not change the colour a coarse tile sees).
 
-- In a *positive* slide every texture disc fills the **inside** of a ring, `gap_um` from its wall.
+- In a *positive* slide every texture disc fills the **inside** of a ring, `gap_um` from its wall. The
+  default gap (46 µm) is longer than the diagonal of a 20× demo tile (32 µm square, 45 µm diagonal), so no
+  20× tile holds texture and wall together: a 20×-only model has no tile that tells the classes apart.
 - In a *negative* slide every texture disc lies **far** from every ring (`separation_um` beyond the wall,
   more than a 5× tile), so no coarse tile holds both.
 
 Both classes contain the same amount of ring wall and of texture; what differs is whether texture sits
-inside the architecture. A 5× model cannot see the texture; a 20× model sees texture in both classes (it
-can only use the rare 20× tiles where texture and a wall piece meet, across the gap); a model that looks at
-each 20× tile together with its 5×/10× parent sees both at once. `signal` scales the texture contrast (0
+inside the architecture. A 5× model cannot see the texture; a 20× model sees texture in both classes and
+never texture beside a wall; a model that looks at each 20× tile together with its 5× parent sees both at
+once. `signal` scales the texture contrast (0
 removes the signal), `prevalence` is the share of positive patients, and each slide has a ground-truth map
 of its regions (REGION_CODES).
 """
@@ -43,15 +45,15 @@ BACKGROUND = np.array([243.0, 242.0, 240.0])
 class CohortConfig:
     """Size and difficulty of a synthetic cohort; lengths in µm at level 0 resolution `mpp`."""
 
-    n_slides: int = 24
-    size_um: float = 1100.0
+    n_slides: int = 96
+    size_um: float = 600.0
     mpp: float = 0.5
     prevalence: float = 0.5
     signal: float = 1.0
-    sites_per_slide: int = 2
-    ring_radius_um: float = 90.0
+    sites_per_slide: int = 1
+    ring_radius_um: float = 95.0
     wall_um: float = 14.0
-    gap_um: float = 20.0
+    gap_um: float = 46.0
     separation_um: float = 140.0
     texture_period_um: float = 2.0
     slides_per_patient: int = 1
