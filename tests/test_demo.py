@@ -9,8 +9,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cmamil.synthetic import CohortConfig
 from cmamil.demo import DemoConfig, run_demo
+from cmamil.errors import InputError
+from cmamil.synthetic import CohortConfig
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +53,12 @@ def test_every_stage_leaves_its_artefacts(demo_run):
         assert (run / f"fold_{fold}" / "predictions.csv").is_file()
     assert list((run / "figures").glob("*.png"))
     meta = torch.load(run / "fold_0" / "checkpoint.pt", weights_only=True)
-    assert meta["model_options"] == {"cross_attention": "local", "attn_weighting": "exp_raw"}
+    assert meta["model_options"] == {"cross_attention": "local", "attn_weighting": "exp_raw", "bag_weight": 1.0}
     events = EventAccumulator(str(run / "fold_0"))
     events.Reload()
     assert "val/auc" in events.Tags()["scalars"] or "val/loss" in events.Tags()["scalars"]
-    assert set(result["rows"]) == {"cma_mil (local)", "cma_mil (dense)", "abmil (20x only)", "abmil (all mags)",
-                                   "mean_pool"}
+    assert set(result["rows"]) == {"cma_mil (local)", "cma_mil (dense)", "cma_mil (published: dense, repo)",
+                                   "abmil (20x only)", "abmil (all mags)", "mean_pool"}
     assert (out / "comparison.txt").read_text().splitlines()[0].split() == ["model", "auc", "balanced_accuracy",
                                                                           "f1_macro"]
     assert any(line.startswith("tensorboard --logdir") for line in lines)
@@ -68,6 +69,12 @@ def test_every_stage_leaves_its_artefacts(demo_run):
     found = result["summary"]["localisation_auc"]
     assert found["n"] >= 1 and 0.0 <= found["mean"] <= 1.0
     assert any(line.startswith("localisation: 20x attention AUC") for line in lines)
+
+
+def test_a_cohort_too_small_for_the_folds_says_what_size_works():
+    with pytest.raises(InputError, match=r"^--slides 8 is too few for --folds 2: .*; use --slides 10 or more"):
+        DemoConfig(cohort=CohortConfig(n_slides=8), folds=2)
+    DemoConfig(cohort=CohortConfig(n_slides=10), folds=2)
 
 
 def test_rerun_reuses_finished_stages(demo_run):
