@@ -117,7 +117,7 @@ def evaluate_trained(
                                    positive_class, embeddings)
     metrics |= extra or {}
     write_predictions(out / "predictions.csv", predictions, names)
-    _write_figures(out, predictions, names, title)
+    _write_figures(out, predictions, names, metrics["confusion_matrix"], title)
     scalars = {**metrics, **metrics.get("speed", {})}
     write_csv(out / "metrics.csv", ["metric", "value"],
               [[k, v] for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)])
@@ -182,11 +182,11 @@ def _inspect_images(trained: TrainedModel, data: Any, predictions: Predictions, 
     return found
 
 
-def _write_figures(out: Path, predictions: Predictions, names: list[str], title: str) -> None:
+def _write_figures(out: Path, predictions: Predictions, names: list[str], matrix: list[list[int]],
+                   title: str) -> None:
     """Confusion matrix, ROC and PR curves of one evaluation."""
     y, p = predictions.y_true, predictions.probs
     prefix = f"{title}: " if title else ""
-    matrix = predictions.metrics(names)["confusion_matrix"]
     save_figure(plot_confusion_matrix(matrix, names, title=f"{prefix}confusion matrix (row-normalised)"),
                 out / "confusion_matrix.png")
     save_figure(plot_roc_curves(y, p, names, title=f"{prefix}ROC"), out / "roc.png")

@@ -10,7 +10,6 @@ validation part, or when the monitored value is never finite, the last epoch is 
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -153,5 +152,5 @@ def _train_epoch(task: Task, data: FoldData, model: nn.Module, optimizer: torch.
 def _save_best(folder: Path, model: nn.Module, meta: dict[str, Any], epoch: int, val: dict[str, Any]) -> None:
     """Write checkpoint.pt: the weights of `epoch` with what rebuilds the model."""
     scores = {k: float(val[k]) for k in HISTORY_VAL if k in val}
-    state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}  # written at once: no copy needed
     save_checkpoint(folder / CHECKPOINT, {**meta, "epoch": epoch, "val_metrics": scores, "state_dict": state})

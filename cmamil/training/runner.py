@@ -79,8 +79,8 @@ def train_fold(config: TrainConfig, task: Task, split: Split, run: RunFolder, cl
     device = resolve_device(config.device)
     use_amp = config.amp and device.type == "cuda"
     seed_everything(config.seed + split.fold, config.deterministic)
+    model = task.build_model()  # first: a patch task reads the model's data config for the fold's transforms
     data = task.fold_data(split)
-    model = task.build_model()
     meta = {"kind": config.kind, "model": config.model, "model_options": dict(config.model_options),
             "class_names": list(class_names), "fold": split.fold, **task.checkpoint_meta(data)}
     done = _epochs_done(folder)
