@@ -72,17 +72,25 @@ class BagDataset(Dataset):
         self.magnifications = magnifications
         self.ids = list(ids) if ids is not None else [_item_id(item) for item in self.items]
         self.scaler = scaler
+        self._scaled = False
+
+    def preload(self) -> None:
+        """Read and standardise every item once and serve them from memory from now on (small cohorts)."""
+        self.items = [self._load(index) for index in range(len(self))]
+        self._scaled = True
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[Bag, torch.Tensor]:
+        item = self.items[index] if self._scaled else self._load(index)
+        return item, torch.tensor([self.labels[index]])
+
+    def _load(self, index: int) -> Bag:
         item = self.items[index]
         if not isinstance(item, Bag):
             item = read_bag(item, self.magnifications, bag_id=self.ids[index])
-        if self.scaler is not None:
-            item = self.scaler(item)
-        return item, torch.tensor([self.labels[index]])
+        return self.scaler(item) if self.scaler is not None else item
 
 
 def _item_id(item: Path | Bag) -> str:

@@ -39,6 +39,7 @@ STROMA = np.array([222.0, 160.0, 196.0])
 WALL = np.array([135.0, 75.0, 150.0])
 NUCLEUS = np.array([95.0, 60.0, 135.0])
 BACKGROUND = np.array([243.0, 242.0, 240.0])
+LAYOUT_ATTEMPTS = 50
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,13 @@ class CohortSlide:
 def render_slide(config: CohortConfig, positive: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Render one slide at level 0: (H, W, 3) uint8 RGB and the (H, W) uint8 region map (REGION_CODES)."""
     side = int(round(config.size_um / config.mpp))
-    for attempt in range(5):  # a rare narrow blob cannot hold every ring and disc: draw another
+    for attempt in range(LAYOUT_ATTEMPTS):  # rings and discs that do not fit this blob: draw both again
         tissue = _tissue_mask(side, rng)
         try:
             rings, discs, inside = _layout(config, tissue, positive, rng)
             break
         except InputError:
-            if attempt == 4:
+            if attempt == LAYOUT_ATTEMPTS - 1:
                 raise
     mottle = _smooth_field(rng.standard_normal((side // 64 + 2, side // 64 + 2)), side)
     rgb = STROMA.astype(np.float32) + np.float32(6.0) * mottle[..., None]

@@ -2,11 +2,14 @@
 
 The loss of a bag is `aggregator_loss` (the aggregator's own `loss` when it has one, e.g. CMA-MIL's bag and
 instance losses). With `standardize`, each feature dimension is z-scored per magnification with the mean and
-std of the fold's training bags, and the scaler is saved in the checkpoint.
+std of the fold's training bags, and the scaler is saved in the checkpoint. A cohort whose feature files
+together hold under `CACHE_BYTES` is read once and kept in memory for every epoch and fold (standardised once
+per fold); a larger one is read bag by bag on access.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -14,16 +17,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cmamil.aggregators import aggregator_loss, create_aggregator, forward_bag
+from cmamil.aggregators import Bag, aggregator_loss, create_aggregator, forward_bag
 from cmamil.data.bags import BagDataset, FeatureScaler, bag_loader, fit_scaler
 from cmamil.data.labels import LabelTable, load_labelled_bags
 from cmamil.data.provenance import feature_set_fingerprint, file_sha256
+from cmamil.store import read_bag
 from cmamil.training.config import BagTrainConfig
 from cmamil.training.predictions import Predictions
 from cmamil.training.splits import Split, load_splits
 from cmamil.training.task import FoldData, Items, StepOutput
 
-__all__ = ["BagTask", "rebuild_aggregator"]
+__all__ = ["CACHE_BYTES", "BagTask", "rebuild_aggregator"]
+
+CACHE_BYTES = 2 * 1024**3  # in-memory bags of a cohort under this, estimated as 4x its files (fp16, compression)
 
 
 class BagTask:
@@ -35,6 +41,7 @@ class BagTask:
                                                     class_names)
         self._loaders: dict[int, DataLoader] = {}
         self._eval_loaders: dict[int, DataLoader] = {}
+        self._cache: dict[Path, Bag] | None = {} if _fits_in_memory(self.table.paths) else None
 
     def items(self) -> Items:
         table = self.table
@@ -48,13 +55,25 @@ class BagTask:
         parts = {}
         for part in ("train", "val", "test"):
             rows = [index[i] for i in getattr(split, part)]
-            parts[part] = BagDataset([table.paths[r] for r in rows], [table.labels[r] for r in rows],
-                                     table.magnifications, ids=[table.slide_ids[r] for r in rows])
+            parts[part] = BagDataset([self._bag(table.paths[r], table.slide_ids[r]) for r in rows],
+                                     [table.labels[r] for r in rows], table.magnifications,
+                                     ids=[table.slide_ids[r] for r in rows])
         if self.config.standardize:
             scaler = fit_scaler(parts["train"])
             for dataset in parts.values():
                 dataset.scaler = scaler
+        if self._cache is not None:
+            for dataset in parts.values():
+                dataset.preload()
         return FoldData(split.fold, **parts)
+
+    def _bag(self, path: Path, bag_id: str) -> Path | Bag:
+        """The bag itself when the cohort is cached (read on first use), else its path for reading on access."""
+        if self._cache is None:
+            return path
+        if path not in self._cache:
+            self._cache[path] = read_bag(path, self.table.magnifications, bag_id=bag_id)
+        return self._cache[path]
 
     def build_model(self) -> nn.Module:
         table = self.table
@@ -115,6 +134,15 @@ class BagTask:
     def _patients(self, ids: list[str]) -> tuple[str, ...]:
         patient = dict(zip(self.table.slide_ids, self.table.patients))
         return tuple(patient.get(i, i) for i in ids)
+
+
+def _fits_in_memory(paths: list[Path]) -> bool:
+    """Whether the bags of these feature files (h5 files, or zarr folders) fit under `CACHE_BYTES` in memory."""
+    total = 0
+    for path in paths:
+        files = path.rglob("*") if path.is_dir() else [path]
+        total += sum(f.stat().st_size for f in files if f.is_file())
+    return 4 * total < CACHE_BYTES
 
 
 @torch.no_grad()

@@ -32,7 +32,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
                                     weight_decay=config.weight_decay)
     else:
         kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        optimizer = kind(groups, lr=config.lr, weight_decay=config.weight_decay)
+        # the fused kernel updates all parameters at once: several times faster than the per-tensor loop on CPU
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
+        optimizer = kind(groups, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]
     return optimizer
