@@ -207,15 +207,17 @@ def _train(
 
 
 def comparison_table(rows: dict[str, dict[str, Any]]) -> str:
-    """One line per model: mean ± std over folds of AUC, balanced accuracy and macro-F1."""
+    """One line per model: mean ± sample std over its test folds of AUC, balanced accuracy and macro-F1, with
+    the number of folds (a mean over fewer folds says so in its cell)."""
+    from cmamil.text_table import align
+    from cmamil.training.summary import mean_std_cell
+
     keys = ("auc", "balanced_accuracy", "f1_macro")
-    header = ["model", *keys]
-    body = [
-        [name, *(f"{s['mean_std'][k]['mean']:.3f} ± {s['mean_std'][k]['std']:.3f}" for k in keys)]
-        for name, s in rows.items()
-    ]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *body])
+    body = []
+    for name, summary in rows.items():
+        total = summary.get("n_folds", len(summary["folds"]))
+        body.append([name, str(total), *(mean_std_cell(summary["mean_std"][k], total) for k in keys)])
+    return "\n".join([*align([["model", "folds", *keys], *body]), "mean ± sample std over the test folds"])
 
 
 def _options(options: dict[str, Any]) -> str:

@@ -59,8 +59,9 @@ def test_every_stage_leaves_its_artefacts(demo_run):
     assert "val/auc" in events.Tags()["scalars"] or "val/loss" in events.Tags()["scalars"]
     assert set(result["rows"]) == {"cma_mil (local)", "cma_mil (dense)", "cma_mil (published: dense, repo)",
                                    "abmil (20x only)", "abmil (all mags)", "mean_pool"}
-    assert (out / "comparison.txt").read_text().splitlines()[0].split() == ["model", "auc", "balanced_accuracy",
-                                                                          "f1_macro"]
+    table = (out / "comparison.txt").read_text().splitlines()
+    assert table[0].split() == ["model", "folds", "auc", "balanced_accuracy", "f1_macro"]
+    assert table[1].startswith("cma_mil (local)") and table[1].split()[2] == "2"  # both folds counted
     assert any(line.startswith("tensorboard --logdir") for line in lines)
     assert lines[-1].startswith("total time:")
     # where the model looks: fold 0's first positive and first negative test slide, one heatmap per magnification

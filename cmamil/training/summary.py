@@ -12,7 +12,7 @@ from cmamil.text_table import align
 from cmamil.evaluation.metrics import HEADLINE, summarize_folds
 from cmamil.training.run_folder import FOLD_MARKER, RunFolder
 
-__all__ = ["format_summary", "summarize_run"]
+__all__ = ["format_summary", "mean_std_cell", "summarize_run"]
 
 
 def summarize_run(run_dir: str | Path, keys: Sequence[str] = HEADLINE) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     total = summary.get("n_folds", len(summary["folds"]))
     header = ["fold", "n", *keys]
     body = [[str(r["fold"]), str(r["n"]), *(_number(r[k]) for k in keys)] for r in summary["folds"]]
-    body.append(["mean±std", "", *(_mean_std(summary["mean_std"][k], total) for k in keys)])
+    body.append(["mean±std", "", *(mean_std_cell(summary["mean_std"][k], total) for k in keys)])
     lines = align([header, *body])
     lines.append(f"mean ± sample std over {total} fold{'s' if total != 1 else ''}")
     lines += [f"note: {note}" for note in summary.get("notes", [])]
@@ -71,7 +71,7 @@ def _notes(folds: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:
     return notes
 
 
-def _mean_std(stats: dict[str, Any], total: int) -> str:
+def mean_std_cell(stats: dict[str, Any], total: int) -> str:
     """'mean±std', with the number of folds averaged when it is not all of them."""
     cell = f"{_number(stats['mean'])}±{_number(stats['std'])}"
     return cell if stats["n"] == total else f"{cell} ({stats['n']} of {total})"
