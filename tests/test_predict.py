@@ -18,6 +18,7 @@ from PIL import Image
 
 from cmamil.aggregators import forward_bag
 from cmamil.cli import main
+from cmamil.errors import InputError
 from cmamil.evaluation.heatmaps import PANELS_KEY
 from cmamil.evaluation.predict import PredictConfig, predict_run
 from cmamil.evaluation.tile_maps import HeatmapConfig, normalize_values
@@ -218,3 +219,10 @@ def test_real_cmu1_small_region_goes_through_predict_and_heatmap(trained, tmp_pa
     assert frame[["prob_neg", "prob_pos"]].sum(axis=1).iloc[0] == pytest.approx(1, abs=1e-5)
     for suffix in (".png", ".geojson", ".h5", "_montage.png"):
         assert (tmp_path / "heatmaps" / f"CMU-1-Small-Region{suffix}").is_file()
+
+
+def test_features_of_random_encoder_weights_cannot_be_rebuilt_for_slides():
+    recipe = {"encoder": "timm:resnet10t", "encoder_weights": "random", "tile_px": 64, "magnifications": ["5x"]}
+    with pytest.raises(InputError, match=r"^the features were embedded with randomly initialised timm:resnet10t "
+                                         r"weights, which cannot be rebuilt; extract the slides yourself"):
+        ExtractConfig.from_recipe(recipe, device="cpu")

@@ -102,6 +102,8 @@ def predict_run(config: PredictConfig, echo: Callable[[str], None] = log.info) -
     bags, slides = _gather(config.inputs, out, results)
     if slides:
         bags += _extract(slides, out / "features", run, config, results)
+    for result in results:
+        echo(f"refused: {result.error}")
     ensemble_folds = [config.folds] if config.folds is not None else sorted(models)
     heat_fold = None if config.heatmaps is None else (
         config.heatmaps.fold if config.heatmaps.fold is not None else ensemble_folds[0])
@@ -203,12 +205,18 @@ def _gather(inputs: Sequence[Path], out: Path, results: list) -> tuple[list[_Bag
 
 def _extract(slides: Sequence[Any], folder: Path, run: Any, config: PredictConfig, results: list) -> list[_Bag]:
     """Tile and embed slides with the run's recipe into `folder` (finished ones are reused); failures recorded."""
+    from cmamil.extract.batch import SlideResult
     from cmamil.extract.features import extract_slides
 
-    extract = _extract_config(run, config)
+    try:
+        extract = _extract_config(run, config)
+    except CmamilError as exc:
+        results += [SlideResult(s.slide_id, s.path, "refused", {}, 0.0, f"{s.path.name}: {exc}") for s in slides]
+        return []
     found = []
     for result in extract_slides(slides, folder, extract):
         if result.status == "failed":
+            result.error = f"{result.path.name}: {result.error}"
             results.append(result)
         else:
             found.append(_Bag(folder / f"{result.slide_id}.h5", result.path))
@@ -217,33 +225,12 @@ def _extract(slides: Sequence[Any], folder: Path, run: Any, config: PredictConfi
 
 def _extract_config(run: Any, config: PredictConfig) -> Any:
     """The ExtractConfig that embeds new slides as the run's training features were embedded."""
-    from cmamil.extract.encoder import weights_digest
     from cmamil.extract.features import ExtractConfig
-    from cmamil.extract.grid import TilingConfig
-    from cmamil.extract.tissue import TissueConfig
 
     data = run.read_config()
-    recipe = data.get("data", {}).get("features", {}).get("extraction")
-    if not recipe:
-        recipe = _recipe_from_training_features(run, data)
-    weights = recipe.get("encoder_weights")
-    if weights == "random":
-        raise InputError(f"{run.root} was trained on features of randomly initialised {recipe['encoder']} weights, "
-                         f"which cannot be rebuilt; extract the slides yourself and pass the feature files")
-    weights_file = None if weights in (None, "hub") else recipe.get("encoder_weights_file")
-    if weights not in (None, "hub"):
-        if not weights_file or not Path(weights_file).is_file() or weights_digest(weights_file) != weights:
-            raise InputError(f"the run's encoder weights ({weights_file or 'no file recorded'}, sha256 "
-                             f"{str(weights)[:12]}…) are not at hand; extract the slides with them and pass the "
-                             f"feature files")
-    tiling = TilingConfig(magnifications=",".join(recipe["magnifications"]), tile_px=int(recipe["tile_px"]),
-                          min_tissue=tuple(recipe.get("min_tissue", (0.25,))),
-                          mpp=recipe.get("mpp") if recipe.get("mpp_source") == "user" else None,
-                          tissue=TissueConfig(**recipe.get("tissue", {})))
-    return ExtractConfig(encoder=recipe["encoder"], weights="hub" if weights == "hub" else weights_file,
-                         model_options=dict(recipe.get("encoder_options") or {}), input_px=recipe.get("input_px"),
-                         tiling=tiling, batch_size=config.batch_size, num_workers=config.num_workers,
-                         device=config.device, precision=recipe.get("precision", "fp32"))
+    recipe = data.get("data", {}).get("features", {}).get("extraction") or _recipe_from_training_features(run, data)
+    return ExtractConfig.from_recipe(recipe, batch_size=config.batch_size, num_workers=config.num_workers,
+                                     device=config.device)
 
 
 def _recipe_from_training_features(run: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -318,6 +305,13 @@ def _heatmaps(bag: _Bag, info: Any, outputs: Any, ensemble: np.ndarray, names: S
         sizes[mag] = float(size) if size is not None else 0.0
     slide = bag.slide or _find_slide(info, heatmaps.slides)
     dims = (info.attrs.get("level0_width"), info.attrs.get("level0_height"))
+    if slide is not None and None not in dims:
+        from cmamil.extract.reader import open_slide
+
+        with open_slide(slide) as reader:
+            if tuple(reader.dimensions) != (int(dims[0]), int(dims[1])):
+                raise InputError(f"{slide.name} is {reader.dimensions[0]}x{reader.dimensions[1]} px but "
+                                 f"{bag.path.name} was tiled from a {dims[0]}x{dims[1]} slide; pass its own slide")
     tiles = SlideTiles(info.bag_id, {m: c for m, (c, _) in coords.items()},
                        {m: p for m, (_, p) in coords.items()}, sizes,
                        (int(dims[0]), int(dims[1])) if None not in dims else None, slide)
@@ -348,8 +342,7 @@ def _write_predictions(records: dict[str, dict[str, Any]], names: Sequence[str],
     ids = tuple(records)
     per_fold = {k: np.array([records[i]["probs"][str(k)] for i in ids]) for k in folds}
     ensemble = np.mean(list(per_fold.values()), axis=0)
-    truth = _truth(labels, ids, names)
-    patients = tuple(ids)
+    truth, patients = _truth(labels, ids, names)
     predictions = Predictions(ids, patients, truth, ensemble)
     extra = {f"prob_{n}_fold_{k}": per_fold[k][:, c] for k in folds for c, n in enumerate(names)}
     path = out / "predictions.csv"
@@ -359,22 +352,22 @@ def _write_predictions(records: dict[str, dict[str, Any]], names: Sequence[str],
     known = truth >= 0
     if not known.any():
         raise InputError(f"{labels} names none of the predicted bags; check its slide_id column")
-    labelled = Predictions(tuple(np.array(ids)[known]), tuple(np.array(ids)[known]), truth[known], ensemble[known],
+    labelled = Predictions(tuple(np.array(ids)[known]), tuple(np.array(patients)[known]), truth[known], ensemble[known],
                            float(-np.mean(np.log(np.clip(ensemble[known, truth[known]], 1e-12, None)))))
     metrics = labelled.metrics(names) | {"folds": list(folds), "unlabelled": int((~known).sum())}
     write_json(out / "metrics.json", metrics)
     return path, metrics
 
 
-def _truth(labels: Path | None, ids: Sequence[str], names: Sequence[str]) -> np.ndarray:
-    """Each bag's class index from a labels CSV (-1 where it has none)."""
+def _truth(labels: Path | None, ids: Sequence[str], names: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Each bag's class index (-1 where it has none) and patient from a labels CSV (the bag id without one)."""
     if labels is None:
-        return np.full(len(ids), -1, dtype=int)
+        return np.full(len(ids), -1, dtype=int), tuple(ids)
     from cmamil.data.labels import read_labels
 
     table = read_labels(labels, tuple(names))
-    label = dict(zip(table.slide_ids, table.labels))
-    return np.array([label.get(i, -1) for i in ids], dtype=int)
+    label, patient = dict(zip(table.slide_ids, table.labels)), dict(zip(table.slide_ids, table.patients))
+    return np.array([label.get(i, -1) for i in ids], dtype=int), tuple(patient.get(i, i) for i in ids)
 
 
 def _link_tile_values(out: Path, records: dict[str, dict[str, Any]]) -> None:
