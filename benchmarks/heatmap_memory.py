@@ -3,7 +3,8 @@
 For each size (default 40,000 × 30,000 and 10,000 × 8,000 px at 0.5 µm/px): write the slide (cached in
 --workdir, the tissue layout of tile_planning.py), plan its 5/10/20× tiles (224 px), write a feature file of random
 64-d features on those tiles, and run `cmamil heatmap` (PNG, GeoJSON, HDF5, top-8 montage) in a child process of
-a fresh wrapper process, whose RUSAGE_CHILDREN maximum is the command's own peak RSS. The model is a 2-fold
+a fresh wrapper process, whose RUSAGE_CHILDREN maximum is the command's own peak RSS; the same for a process that
+only imports the libraries the command uses, to show what the slide adds. The model is a 2-fold
 cma_mil run trained for one epoch on a small planted cohort of 64-d bags (the values do not matter here).
 
     python benchmarks/heatmap_memory.py
@@ -31,6 +32,7 @@ from cmamil.training.runner import run_training
 from tile_planning import tissue_layout
 
 DIM = 64
+IMPORTS = "import torch, timm, matplotlib.pyplot, h5py, scipy.stats, sklearn.metrics, openslide"
 PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
 
@@ -82,6 +84,8 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     run = model_run(args.workdir)
     cmamil = str(Path(sys.executable).with_name("cmamil"))
+    baseline = peak_rss_mib([sys.executable, "-c", IMPORTS])
+    print(f"imports alone ({IMPORTS.removeprefix('import ')}): peak RSS {baseline:.0f} MiB", flush=True)
     figures = {}
     for size in args.sizes:
         width, height = map(int, size.split("x"))
