@@ -205,6 +205,13 @@ def test_heatmap_of_planted_attention_in_the_h5_geojson_and_png(trained, tmp_pat
     assert np.abs(colours[0] - colours[1]).sum() > 60
     with Image.open(tmp_path / "heatmaps" / "n0_montage.png") as montage:
         assert montage.height > 3 * 96 and montage.width > 6 * 96
+    assert "(0 new, 1 already done)" in CliRunner().invoke(main, args).output  # finished: skipped
+    redone = CliRunner().invoke(main, [*args, "--normalize", "minmax"])  # other settings: redone
+    assert "(1 new, 0 already done)" in redone.output
+    with h5py.File(tmp_path / "heatmaps" / "n0.h5") as handle:
+        shown = handle["n0/20x/shown"][:]
+        assert shown.min() == 0 and shown.max() == 1 and handle["n0"].attrs["normalize"] == "minmax"
+        np.testing.assert_allclose(shown, normalize_values(planted["20x"], "minmax"))
 
 
 @pytest.mark.skipif(not CMU.is_file(), reason="CMU-1-Small-Region.svs not in ../shared/data")
