@@ -51,11 +51,13 @@ class Bag:
 
 @dataclass
 class AggregatorOutput:
-    """Bag logits (1, C), attention per magnification (N,), and an optional auxiliary loss."""
+    """Bag logits (1, C), attention per magnification (N,), an optional auxiliary loss, and optional per-tile class
+    logits per magnification (N, C) (e.g. an instance classifier's), which heatmaps show as tile scores."""
 
     logits: torch.Tensor
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
     aux_loss: torch.Tensor | None = None
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def create_aggregator(

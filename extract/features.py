@@ -88,6 +88,32 @@ class ExtractConfig:
         if self.coords is not None:
             object.__setattr__(self, "coords", Path(self.coords))
 
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any], **runtime: Any) -> ExtractConfig:
+        """The settings that made a feature file, from its recorded recipe (`cmamil.data.provenance.
+        extraction_recipe`), with runtime options (batch size, workers, device); the weights must be at hand."""
+        from cmamil.extract.encoder import weights_digest
+        from cmamil.extract.tissue import TissueConfig
+
+        weights = recipe.get("encoder_weights")
+        if weights == "random":
+            raise InputError(f"the features were embedded with randomly initialised {recipe.get('encoder')} "
+                             f"weights, which cannot be rebuilt; extract the slides yourself and pass feature files")
+        weights_file = recipe.get("encoder_weights_file") or None
+        if weights not in (None, "hub") and (not weights_file or not Path(weights_file).is_file()
+                                             or weights_digest(weights_file) != weights):
+            raise InputError(f"the encoder weights ({weights_file or 'no file recorded'}, sha256 {str(weights)[:12]}…) "
+                             f"are not at hand; extract the slides with them and pass the feature files")
+        tiling = TilingConfig(
+            magnifications=",".join(recipe["magnifications"]), tile_px=int(recipe["tile_px"]),
+            min_tissue=tuple(recipe.get("min_tissue", (0.25,))),
+            mpp=recipe.get("mpp") if recipe.get("mpp_source") == "user" else None,
+            tissue=TissueConfig(**recipe.get("tissue", {})),
+        )
+        return cls(encoder=recipe["encoder"], weights="hub" if weights == "hub" else weights_file,
+                   model_options=dict(recipe.get("encoder_options") or {}), input_px=recipe.get("input_px"),
+                   tiling=tiling, precision=recipe.get("precision", "fp32"), **runtime)
+
     def build_encoder(self) -> Encoder:
         """Build the encoder this configuration names, on its device and precision."""
         return Encoder(

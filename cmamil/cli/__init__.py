@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "link": ("cmamil.cli.link", "link", "Link other toolkits' per-magnification feature folders into nested bags."),
     "crossmag": ("cmamil.cli.crossmag", "crossmag", "Train on each magnification set, test on every set."),
     "demo": ("cmamil.cli.demo", "demo", "Run the whole pipeline on a synthetic cohort in a few minutes."),
+    "heatmap": ("cmamil.cli.heatmap", "heatmap", "Paint a run's per-tile attention or scores: PNG, QuPath GeoJSON, HDF5."),
+    "predict": ("cmamil.cli.predict", "predict", "Apply a trained run's folds to new slides or feature files."),
     "evaluate": ("cmamil.cli.evaluate", "evaluate", "Evaluate a trained patch classifier: metrics, speed, overlays."),
     "plugins": ("cmamil.cli.plugins", "plugins", "List and check installed model and aggregator plugins."),
     "models": ("cmamil.cli.models", "models", "Inspect patch models: parameters, MACs, input and feature size."),

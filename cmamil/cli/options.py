@@ -21,10 +21,12 @@ __all__ = [
     "SHARED",
     "config_options",
     "given_options",
+    "heatmap_options",
     "key_values",
     "option",
     "options_file",
     "output_options",
+    "predict_options",
     "slides_argument",
     "tiling_options",
 ]
@@ -124,6 +126,67 @@ def tiling_options(func: Callable) -> Callable:
                      help="Tissue fraction a tile needs to be kept: one value, or one per magnification coarse to "
                           "fine (0.1,0.25,0.5). Ancestors of kept tiles are always kept."),
     )(wrapper)
+
+
+def _formats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    """'png,geojson,h5' as a tuple of known heatmap formats."""
+    from cmamil.evaluation.tile_maps import FORMATS
+
+    formats = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of {', '.join(FORMATS)}")
+    return formats
+
+
+def heatmap_options(func: Callable) -> Callable:
+    """What heatmaps show and how they are written, passed to the command as `heatmap: HeatmapConfig`."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from cmamil.evaluation.tile_maps import HeatmapConfig
+
+        kwargs["heatmap"] = HeatmapConfig(**{k: kwargs.pop(k) for k in (
+            "fold", "what", "formats", "normalize", "top_k", "thumbnail_px", "slides")})
+        return func(*args, **kwargs)
+
+    return _options(
+        click.option("--fold", type=click.IntRange(min=0), default=None,
+                     help="Fold whose model the heatmaps show [default: the lowest finished fold]."),
+        click.option("--what", type=click.Choice(["attention", "score"]), default="attention", show_default=True,
+                     help="Per-tile value shown: the model's attention, or its per-tile probability of the predicted "
+                          "class (models that give per-tile scores)."),
+        click.option("--format", "formats", default="png,geojson,h5", show_default=True, callback=_formats,
+                     help="Heatmap files per slide: png (magnifications side by side), geojson (QuPath: File > "
+                          "Import objects), h5 (per-tile values)."),
+        click.option("--normalize", type=click.Choice(["rank", "minmax", "raw"]), default="rank", show_default=True,
+                     help="Shown values per slide and magnification: rank (percentile), minmax (to 0–1) or raw."),
+        click.option("--top-k", type=click.IntRange(min=0), default=8, show_default=True,
+                     help="Highest- and lowest-valued tiles per magnification in the montage PNG (0: no montage; "
+                          "needs the slide)."),
+        click.option("--thumbnail-px", type=click.IntRange(min=64), default=1024, show_default=True,
+                     help="Longest side of the thumbnail the tiles are painted on."),
+        click.option("--slides", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+                     help="Folder holding the slides of feature-file inputs, found as <bag_id>.<ext> [default: the "
+                          "slide path recorded in each feature file]."),
+    )(wrapper)
+
+
+def predict_options(func: Callable) -> Callable:
+    """RUN, INPUTS and the options of applying a run (`cmamil predict` and `cmamil heatmap`)."""
+    return _options(
+        click.argument("run", type=click.Path(path_type=Path, file_okay=False, exists=True)),
+        click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
+        option("out", required=True, help="Output folder (predictions.csv, metrics.json, heatmaps/, features/ of "
+                                          "slide inputs)."),
+        option("labels", default=None, help="CSV with slide_id,label: adds the true label to predictions.csv "
+                                            "and writes the ensemble's metrics.json."),
+        option("device", default="auto", show_default=True),
+        option("batch_size", default=64, show_default=True, help="Tiles per encoder batch (slide inputs)."),
+        option("num_workers", default=2, show_default=True,
+               help="DataLoader worker processes reading tiles (slide inputs)."),
+        option("overwrite", help="Redo bags whose results exist (by default finished bags are skipped)."),
+    )(func)
 
 
 def _choice(*names: str) -> click.Choice:

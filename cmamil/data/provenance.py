@@ -11,10 +11,13 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["feature_set_fingerprint", "file_sha256"]
+__all__ = ["extraction_recipe", "feature_set_fingerprint", "file_sha256"]
 
 # feature-file attributes that determine feature values, as `cmamil extract` writes them
 _VALUE_ATTRS = ("encoder", "encoder_weights", "encoder_options", "tile_px", "input_px", "precision", "fingerprint")
+# feature-file attributes that say how to tile and embed new slides exactly as the training features were made
+_RECIPE_ATTRS = ("encoder", "encoder_weights", "encoder_weights_file", "encoder_options", "input_px", "precision",
+                 "tile_px", "magnifications", "min_tissue", "tissue", "mpp", "mpp_source")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -41,4 +44,12 @@ def feature_set_fingerprint(paths: Sequence[Path], magnifications: Sequence[str]
         summary[key] = json.loads(values[0]) if len(values) == 1 else [json.loads(v) for v in values]
     blob = json.dumps([per_bag, list(magnifications)], sort_keys=True, default=str).encode()
     summary["sha256"] = hashlib.sha256(blob).hexdigest()
+    if paths:
+        summary["extraction"] = extraction_recipe(bag_info(paths[0]).attrs)
     return summary
+
+
+def extraction_recipe(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The tiling and encoder settings recorded in a feature file's attributes, with which `cmamil predict`
+    embeds new slides the same way (only those the file has)."""
+    return {k: attrs[k] for k in _RECIPE_ATTRS if k in attrs}

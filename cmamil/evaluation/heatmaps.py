@@ -7,16 +7,22 @@ values against a ground-truth region map (the AUC of separating tiles that overl
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from cmamil.aggregators import Bag
     from cmamil.training.trained import TrainedModel
 
-__all__ = ["bag_attention", "localisation_auc", "paint_tiles", "save_heatmap", "slide_heatmaps", "tile_overlap"]
+__all__ = ["BagOutputs", "bag_attention", "bag_outputs", "localisation_auc", "paint_tiles", "save_heatmap",
+           "save_panels", "slide_heatmaps", "tile_overlap"]
+
+PANELS_KEY = "cmamil:panels"  # PNG text chunk: where each panel's thumbnail lies, in image pixels (x0, y0, x1, y1)
 
 
 def paint_tiles(coords: np.ndarray, tile_size: float, values: np.ndarray, shape: tuple[int, int],
@@ -37,20 +43,50 @@ def paint_tiles(coords: np.ndarray, tile_size: float, values: np.ndarray, shape:
 def save_heatmap(path: str | Path, thumbnail: np.ndarray, heat: np.ndarray, title: str = "",
                  label: str = "attention") -> Path:
     """Write a PNG of `heat` (from `paint_tiles`) over the RGB `thumbnail`, with a colour bar."""
+    return save_panels(path, thumbnail, {"": heat}, title, label)
+
+
+def save_panels(path: str | Path, thumbnail: np.ndarray, heats: Mapping[str, np.ndarray], title: str = "",
+                label: str = "attention", limits: tuple[float, float] | None = None, dpi: int = 100) -> Path:
+    """Write one PNG with a panel per heat map (e.g. per magnification) side by side over the same RGB `thumbnail`,
+    one shared colour bar (`limits`, default: the values' range) and `title`; atomically.
+
+    The PNG's text chunk `cmamil:panels` holds, per panel name, the thumbnail's box in image pixels, so a
+    thumbnail pixel can be found in the picture."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cmamil.evaluation.figures import save_figure
+    from cmamil.atomic import atomic_path
 
-    fig, ax = plt.subplots(figsize=(5.5, 5.0))
-    ax.imshow(thumbnail)
-    shown = ax.imshow(np.ma.masked_invalid(heat), cmap="inferno", alpha=0.6, interpolation="nearest")
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label=label)
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
-    return save_figure(fig, path)
+    finite = [h[np.isfinite(h)] for h in heats.values()]
+    values = np.concatenate(finite) if finite else np.zeros(0)
+    low, high = limits or ((float(values.min()), float(values.max())) if values.size else (0.0, 1.0))
+    height, width = thumbnail.shape[:2]
+    panel = 4.0
+    fig, axes = plt.subplots(1, len(heats), figsize=(panel * len(heats) + 1.2, panel * height / width + 0.9),
+                             squeeze=False, dpi=dpi)
+    shown = None
+    for ax, (name, heat) in zip(axes[0], heats.items()):
+        ax.imshow(thumbnail, interpolation="nearest")
+        shown = ax.imshow(np.ma.masked_invalid(heat), cmap="inferno", alpha=0.6, interpolation="nearest",
+                          vmin=low, vmax=high if high > low else low + 1e-9)
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    fig.colorbar(shown, ax=list(axes[0]), fraction=0.046 / len(heats), pad=0.02, label=label)
+    fig.suptitle(title, fontsize=9)
+    fig.canvas.draw()
+    boxes = {}
+    for ax, name in zip(axes[0], heats):
+        (x0, y0), (x1, y1) = ax.transData.transform([(-0.5, -0.5), (width - 0.5, height - 0.5)])
+        top = fig.bbox.height  # display y grows upwards, image rows downwards
+        boxes[name] = [float(x0), float(top - y0), float(x1), float(top - y1)]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={PANELS_KEY: json.dumps(boxes)})
+    plt.close(fig)
+    return path
 
 
 def tile_overlap(coords: np.ndarray, tile_size: float, region: np.ndarray) -> np.ndarray:
@@ -73,22 +109,42 @@ def localisation_auc(scores: Sequence[float], inside: Sequence[bool]) -> float:
     return float(roc_auc_score(inside, np.asarray(scores, dtype=float)))
 
 
-def bag_attention(trained: TrainedModel, feature_file: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """A bag model's attention per magnification on one feature file (empty for a model without attention),
-    and its class probabilities."""
+@dataclass(frozen=True)
+class BagOutputs:
+    """What a bag model says about one bag: class probabilities (C,), attention per magnification (N,) and
+    per-tile class probabilities per magnification (N, C); the last two are empty where the model gives none."""
+
+    probs: np.ndarray
+    attention: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+
+
+def bag_outputs(trained: TrainedModel, bag: Bag | str | Path) -> BagOutputs:
+    """Apply a trained bag model (its feature scaler first) to a Bag or a feature file, in eval mode."""
     import torch
 
-    from cmamil.aggregators import forward_bag
+    from cmamil.aggregators import Bag, forward_bag
     from cmamil.store import read_bag
 
-    bag = read_bag(feature_file, tuple(trained.meta["magnifications"]))
+    if not isinstance(bag, Bag):
+        bag = read_bag(bag, tuple(trained.meta["magnifications"]))
     if trained.prepare is not None:
         bag = trained.prepare(bag)
     device = next(trained.model.parameters()).device
     with torch.no_grad():
-        output = forward_bag(trained.model, bag.to(device))
-    attention = {mag: a.detach().float().cpu().numpy() for mag, a in output.attention.items()}
-    return attention, torch.softmax(output.logits.float(), dim=1)[0].cpu().numpy()
+        output = forward_bag(trained.model.eval(), bag.to(device))
+    return BagOutputs(
+        torch.softmax(output.logits.float(), dim=1)[0].cpu().numpy(),
+        {mag: a.detach().float().cpu().numpy() for mag, a in output.attention.items()},
+        {mag: torch.softmax(s.detach().float(), dim=1).cpu().numpy() for mag, s in output.scores.items()},
+    )
+
+
+def bag_attention(trained: TrainedModel, feature_file: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A bag model's attention per magnification on one feature file (empty for a model without attention),
+    and its class probabilities."""
+    outputs = bag_outputs(trained, feature_file)
+    return outputs.attention, outputs.probs
 
 
 def slide_heatmaps(trained: TrainedModel, feature_file: str | Path, slide: str | Path, out: str | Path,

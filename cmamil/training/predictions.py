@@ -3,14 +3,15 @@
 predictions.csv has the columns `id,patient_id,label,prediction,prob_<class>…`: `id` is the bag id or
 the image path, `label` and `prediction` are class names (`label` is empty where the truth is unknown),
 and there is one probability column per class in the run's class order. Every fold, evaluation and
-prediction of every kind of run writes and reads this schema.
+prediction of every kind of run writes and reads this schema; a writer may add columns after them (`cmamil
+predict` adds each fold's probabilities, `prob_<class>_fold_<K>`), which readers ignore.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -47,15 +48,17 @@ class Predictions:
         return {"loss": self.loss, **classification_metrics(self.y_true, self.probs, class_names)}
 
 
-def write_predictions(path: str | Path, predictions: Predictions, class_names: Sequence[str]) -> None:
-    """Write predictions.csv (see the module docstring), atomically."""
-    names = list(class_names)
+def write_predictions(path: str | Path, predictions: Predictions, class_names: Sequence[str],
+                      extra: Mapping[str, Sequence[float]] | None = None) -> None:
+    """Write predictions.csv (see the module docstring), atomically; `extra` adds float columns after the schema's."""
+    names, extra = list(class_names), dict(extra or {})
     rows = [
-        [item, patient, names[y] if y >= 0 else "", names[int(row.argmax())], *(f"{p:.6f}" for p in row)]
-        for item, patient, y, row in zip(predictions.ids, predictions.patients, predictions.y_true,
-                                         predictions.probs)
+        [item, patient, names[y] if y >= 0 else "", names[int(row.argmax())], *(f"{p:.6f}" for p in row),
+         *(f"{float(column[i]):.6f}" for column in extra.values())]
+        for i, (item, patient, y, row) in enumerate(zip(predictions.ids, predictions.patients, predictions.y_true,
+                                                        predictions.probs))
     ]
-    write_csv(path, ["id", "patient_id", "label", "prediction", *(f"prob_{n}" for n in names)], rows)
+    write_csv(path, ["id", "patient_id", "label", "prediction", *(f"prob_{n}" for n in names), *extra], rows)
 
 
 def read_predictions(path: str | Path, class_names: Sequence[str]) -> Predictions:
