@@ -9,7 +9,6 @@ CPUs without native bf16 it is many times slower than fp32.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -38,12 +37,10 @@ def weights_digest(weights: str | Path | None) -> str:
 
 def _device(name: str) -> torch.device:
     """'auto' → CUDA when present, else CPU; a bare 'cuda' under torchrun means this rank's GPU (LOCAL_RANK)."""
+    from cmamil.distributed import rank_device
     from cmamil.environment import resolve_device
 
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return device
+    return rank_device(resolve_device(name))
 
 
 def _is_convolutional(model: nn.Module) -> bool:

@@ -29,6 +29,8 @@ __all__ = ["BagTask", "rebuild_aggregator"]
 class BagTask:
     """The bag side of the training runner (see `cmamil.training.task.Task`)."""
 
+    data_parallel = False  # a bag is one batch: under torchrun, folds are spread over the ranks instead
+
     def __init__(self, config: BagTrainConfig, class_names: tuple[str, ...] | None = None) -> None:
         self.config = config
         self.table: LabelTable = load_labelled_bags(config.features, config.labels, config.magnifications,
