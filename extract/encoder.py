@@ -22,6 +22,9 @@ __all__ = ["PRECISIONS", "Encoder", "weights_digest"]
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+RANDOM_WEIGHTS_SEED = 0
+
+
 def weights_digest(weights: str | Path | None) -> str:
     """Provenance of encoder weights: 'random', 'hub', or the sha256 of a local weights file."""
     if weights is None:
@@ -76,7 +79,10 @@ class Encoder:
         self.options = dict(options or {})
         self.precision = precision
         self.weights = "random" if weights is None else str(weights)
-        model = create_model(name, num_classes=0, weights=None if weights is None else str(weights), **self.options)
+        with torch.random.fork_rng(devices=[]):  # random weights drawn alike in every process (ranks, shards, reruns)
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = create_model(name, num_classes=0, weights=None if weights is None else str(weights),
+                                 **self.options)
         self.weights_sha256 = weights_digest(weights)
         self.data_config = model.data_config
         self.input_px = int(input_px or self.data_config.input_size[-1])
