@@ -75,17 +75,18 @@ def current_world() -> World:
 
 
 def rank_device(device: torch.device) -> torch.device:
-    """A bare 'cuda' means this process's GPU on its node (its local rank); other devices as given."""
+    """A bare 'cuda' means this process's GPU on its node (its local rank; ranks share GPUs when they outnumber
+    them); other devices as given."""
     if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", detect_world().local_rank)
+        return torch.device("cuda", detect_world().local_rank % max(torch.cuda.device_count(), 1))
     return device
 
 
 @contextmanager
-def process_group(device: torch.device) -> Iterator[World]:
-    """Join the launcher's process group for the block (nccl on CUDA, gloo otherwise) and leave it after.
-
-    One process, or a group already joined by an enclosing block, joins nothing."""
+def process_group(device: torch.device, data_parallel: bool = True) -> Iterator[World]:
+    """Join the launcher's process group for the block and leave it after: nccl when ranks average gradients on
+    GPUs (`data_parallel` on CUDA), gloo otherwise (CPU, or ranks that only exchange small messages, and may then
+    share a GPU). One process, or a group already joined by an enclosing block, joins nothing."""
     world = detect_world()
     if world.size == 1 or dist.is_initialized():
         yield current_world()
@@ -93,7 +94,7 @@ def process_group(device: torch.device) -> Iterator[World]:
     if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
         raise InputError(f"{world.size} processes were launched but MASTER_ADDR/MASTER_PORT are not set; launch "
                          "with torchrun (or srun torchrun), or export them (first node's host name, a free port)")
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = "nccl" if device.type == "cuda" and data_parallel else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(rank_device(device))
     dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=TIMEOUT)

@@ -54,8 +54,8 @@ def run_training(config: TrainConfig,
 
     `on_epoch(fold, row)` is called after every epoch with its history row. Under torchrun, a data-parallel task
     (patch images) trains each fold on every rank with DDP; otherwise (bags) fold k trains on rank k mod N."""
-    with process_group(resolve_device(config.device)) as world:
-        task, items, splits = plan_training(config)
+    task, items, splits = plan_training(config)
+    with process_group(resolve_device(config.device), task.data_parallel) as world:
         wait(world)  # every rank has read the previous state of the run folder before rank 0 rewrites it
         run = RunFolder(config.out)
         main_writes(world, lambda: _start_run(run, config, task, items, splits, world))
