@@ -4,7 +4,8 @@ The one module that reads a launcher's environment: `torchrun` (RANK, WORLD_SIZE
 step (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID), else one process. `process_group` joins the group
 (nccl on GPUs, gloo on CPU) for the length of a run. A `World` also names the ranks that share one piece of
 work (a `team`): all ranks for data-parallel patch training, this rank alone for a fold of fold-parallel MIL
-training; only the team's first rank writes, and collectives run only in teams of several ranks.
+training; only the team's first rank writes, and collectives run only in teams of several ranks. torch is imported
+on use, so that the command line can ask for the rank without it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from cmamil.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["SINGLE", "World", "current_world", "detect_world", "gather", "main_writes", "process_group",
            "rank_device", "replicate", "share_buffers", "summary_writer", "wait"]
@@ -69,6 +70,8 @@ def detect_world() -> World:
 
 def current_world() -> World:
     """This process in the joined process group, or one process when none was joined."""
+    import torch.distributed as dist
+
     if not (dist.is_available() and dist.is_initialized()):
         return SINGLE
     return World(dist.get_rank(), dist.get_world_size(), detect_world().local_rank)
@@ -77,6 +80,8 @@ def current_world() -> World:
 def rank_device(device: torch.device) -> torch.device:
     """A bare 'cuda' means this process's GPU on its node (its local rank; ranks share GPUs when they outnumber
     them); other devices as given."""
+    import torch
+
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", detect_world().local_rank % max(torch.cuda.device_count(), 1))
     return device
@@ -87,6 +92,9 @@ def process_group(device: torch.device, data_parallel: bool = True) -> Iterator[
     """Join the launcher's process group for the block and leave it after: nccl when ranks average gradients on
     GPUs (`data_parallel` on CUDA), gloo otherwise (CPU, or ranks that only exchange small messages, and may then
     share a GPU). One process, or a group already joined by an enclosing block, joins nothing."""
+    import torch
+    import torch.distributed as dist
+
     world = detect_world()
     if world.size == 1 or dist.is_initialized():
         yield current_world()
@@ -107,6 +115,8 @@ def process_group(device: torch.device, data_parallel: bool = True) -> Iterator[
 def wait(team: World) -> None:
     """Wait until every rank of the team gets here (nothing to wait for alone)."""
     if team.size > 1:
+        import torch.distributed as dist
+
         dist.barrier()
 
 
@@ -114,6 +124,8 @@ def gather(team: World, value: T) -> list[T]:
     """Every rank's `value` (any picklable object), in rank order, on every rank of the team."""
     if team.size == 1:
         return [value]
+    import torch.distributed as dist
+
     values: list[Any] = [None] * team.size
     dist.all_gather_object(values, value)
     return values
@@ -140,6 +152,8 @@ def share_buffers(team: World, model: torch.nn.Module) -> None:
     """Give every rank the first rank's buffers (BatchNorm running statistics, which each rank updates from its
     own batches), so that all ranks evaluate, and rank 0 saves, one and the same model."""
     if team.size > 1:
+        import torch.distributed as dist
+
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
 
