@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -40,12 +42,19 @@ VIT = ["--optimizer", "sgd", "--model", ARCH, "--model-option", "img_size=32", "
        "--num-workers", "0", "--no-progress", "--no-figures", "--explain", "0", "--embeddings", "0"]
 
 
-def torchrun(*args: str) -> None:
-    """`torchrun --standalone --nproc-per-node 2 cmamil ARGS`; fail with the workers' output."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(CMAMIL),
-               *args]
+def torchrun_command(*args: str) -> list[str]:
+    """`torchrun --standalone --nproc-per-node 2 cmamil ARGS`."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(CMAMIL), *args]
+
+
+def torchrun_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(*args: str) -> None:
+    """Run cmamil ARGS on 2 ranks under torchrun; fail with the workers' output."""
+    done = subprocess.run(torchrun_command(*args), capture_output=True, text=True, timeout=300, env=torchrun_env())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
 
@@ -123,6 +132,32 @@ def test_ddp_epoch_equals_one_process_on_the_same_global_batches(tmp_path):
     assert events and len({e.name.split(".")[-2] for e in events}) == 1  # one process (rank 0) writes TensorBoard
     scalars = EventAccumulator(str(tmp_path / "two" / "fold_0")).Reload()
     assert [e.step for e in scalars.Scalars("train/loss")] == [1]
+
+
+@pytest.mark.slow
+def test_an_interrupted_ddp_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    images = write_patch_set(tmp_path / "images", sizes={"training": 16, "validation": 4, "testing": 4}, size=32)
+    common = ["train", "--images", str(images), *VIT, "--epochs", "3"]
+    invoke(*common, "--batch-size", "8", "--out", str(tmp_path / "one"))
+    history = tmp_path / "two" / "fold_0" / "history.csv"
+    launcher = subprocess.Popen(torchrun_command(*common, "--batch-size", "4", "--out", str(tmp_path / "two")),
+                                env=torchrun_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (history.is_file() and len(history.read_text().splitlines()) >= 2):  # epoch 1 saved
+        assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before epoch 1 was saved"
+        time.sleep(0.02)
+    os.killpg(launcher.pid, signal.SIGKILL)  # torchrun and both ranks, as a lost node would
+    launcher.wait()
+    assert not (tmp_path / "two" / "fold_0" / "metrics.json").exists(), "the run ended before it was interrupted"
+    assert (tmp_path / "two" / "fold_0" / "last.pt").is_file()
+    torchrun(*common, "--batch-size", "4", "--out", str(tmp_path / "two"))
+    one, two = (load_checkpoint(tmp_path / run / "fold_0" / "checkpoint.pt") for run in ("one", "two"))
+    assert one["epoch"] == two["epoch"]
+    for name, weight in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][name], weight, atol=1e-5, rtol=0, msg=name)
+    rows = (tmp_path / "two" / "fold_0" / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]
 
 
 def test_extraction_by_two_ranks_covers_every_bag_once_and_equals_one_process(tmp_path):
