@@ -3,8 +3,8 @@
 Each setting runs `torchrun --standalone --nproc-per-node N cmamil train --images …` on the same image set with
 the same per-rank batch size; the figure is the training images of the epochs after the first divided by their
 summed `epoch_seconds` (history.csv: training and validation, without start-up). Settings are interleaved
-(1, 2, 1, 2 …) so that a disturbance hits both alike; on CPU the ranks share the machine's cores, so only GPU
-figures say what scale-out buys.
+(1, 2, 1, 2 …) so that a disturbance hits both alike. Each process gets cores/N threads; on CPU the ranks share
+the machine's cores, so only GPU figures say what scale-out buys.
 
     python benchmarks/scale_out.py --nproc 1 2 4 8 --device cuda --model deit_small --images patches/
     python benchmarks/scale_out.py --nproc 1 2 --device cpu        # synthetic 32-px set, example_cnn
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,8 @@ def train(nproc: int, images: Path, out: Path, args: argparse.Namespace) -> floa
                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--device", args.device,
                "--num-workers", str(args.num_workers), "--no-progress", "--no-figures", "--explain", "0",
                "--embeddings", "0", "--min-epochs", str(args.epochs), "--out", str(out)]
-    subprocess.run(command, check=True, capture_output=True)
+    threads = max(1, (os.cpu_count() or 1) // nproc)  # the machine's cores shared out, as torchrun does for N > 1
+    subprocess.run(command, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     with open(out / "fold_0" / "history.csv", newline="") as handle:
         seconds = [float(row["epoch_seconds"]) for row in csv.DictReader(handle)][1:]
     with open(out / "splits" / "fold_0.csv", newline="") as handle:
