@@ -64,29 +64,43 @@ class CrossMagConfig:
 
 
 def run_crossmag(config: CrossMagConfig) -> dict[str, Any]:
-    """Train on every set (and the union), evaluate every model on every test split, write the matrix."""
-    from cmamil.environment import resolve_device
-    from cmamil.data.images import ImagePart, ImageSet, read_split
-    from cmamil.evaluation.evaluate import evaluate_trained
-    from cmamil.training.run_folder import RunFolder
-    from cmamil.training.trained import load_trained
+    """Train on every set (and the union), evaluate every model on every test split, write the matrix.
 
-    out = config.out
+    Under torchrun every training is data-parallel over the ranks; rank 0 then evaluates the cells alone."""
+    from cmamil.distributed import main_writes, process_group
+    from cmamil.environment import resolve_device
+
     roots = dict(config.sets)
     trainings = {name: (root,) for name, root in config.sets}
     if config.mixed:
         trainings[MIXED] = tuple(roots.values())
     _check_patients_across_sets(config)
-    write_yaml(out / "crossmag.yaml", {"sets": {k: str(v) for k, v in roots.items()}, "mixed": config.mixed,
-                                       "training": config.training.to_dict()})
-    device = resolve_device(config.training.device)
+    with process_group(resolve_device(config.training.device)) as world:
+        main_writes(world, lambda: write_yaml(config.out / "crossmag.yaml", {
+            "sets": {k: str(v) for k, v in roots.items()}, "mixed": config.mixed,
+            "training": config.training.to_dict()}))
+        for name, images in trainings.items():
+            log.info("crossmag: training on %s", name)
+            run_training(dataclasses.replace(config.training, images=images, out=config.out / f"train_{name}"))
+        summary = main_writes(world, lambda: _evaluate_cells(config, trainings))
+    return summary if summary is not None else json.loads((config.out / "crossmag.json").read_text())
+
+
+def _evaluate_cells(config: CrossMagConfig, trainings: dict[str, tuple[Path, ...]]) -> dict[str, Any]:
+    """Every trained model on every test split (a cell is reused unless its model was retrained); the matrix."""
+    from cmamil.data.images import ImagePart, ImageSet, read_split
+    from cmamil.distributed import rank_device
+    from cmamil.environment import resolve_device
+    from cmamil.evaluation.evaluate import evaluate_trained
+    from cmamil.training.run_folder import RunFolder
+    from cmamil.training.trained import load_trained
+
+    out = config.out
+    device = rank_device(resolve_device(config.training.device))
     f1 = np.full((len(trainings), len(trainings)), np.nan)
     accuracy = f1.copy()
-    for i, (train_name, images) in enumerate(trainings.items()):
-        run = out / f"train_{train_name}"
-        log.info("crossmag: training on %s", train_name)
-        run_training(dataclasses.replace(config.training, images=images, out=run))
-        checkpoint = RunFolder(run).checkpoints()[0]
+    for i, train_name in enumerate(trainings):
+        checkpoint = RunFolder(out / f"train_{train_name}").checkpoints()[0]
         trained = None
         for j, (test_name, test_roots) in enumerate(trainings.items()):
             cell = out / "cells" / f"{train_name}__{test_name}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence, TypeVar
@@ -110,9 +109,13 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def resolve_shard(shard: tuple[int, int] | None = None) -> tuple[int, int]:
-    """`shard` when given, else this process's rank under torchrun (RANK, WORLD_SIZE), else (0, 1): everything."""
+    """`shard` when given, else this process's rank among the launcher's processes (torchrun, srun), else (0, 1):
+    everything."""
     if shard is None:
-        shard = (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+        from cmamil.distributed import detect_world
+
+        world = detect_world()
+        shard = (world.rank, world.size)
     if not 0 <= shard[0] < shard[1]:
         raise InputError(f"shard {shard[0]}/{shard[1]} is not I/N with 0 <= I < N")
     return shard

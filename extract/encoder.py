@@ -9,7 +9,6 @@ CPUs without native bf16 it is many times slower than fp32.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,6 +20,9 @@ from cmamil.errors import InputError, PluginError
 __all__ = ["PRECISIONS", "Encoder", "weights_digest"]
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+RANDOM_WEIGHTS_SEED = 0
 
 
 def weights_digest(weights: str | Path | None) -> str:
@@ -38,12 +40,10 @@ def weights_digest(weights: str | Path | None) -> str:
 
 def _device(name: str) -> torch.device:
     """'auto' → CUDA when present, else CPU; a bare 'cuda' under torchrun means this rank's GPU (LOCAL_RANK)."""
+    from cmamil.distributed import rank_device
     from cmamil.environment import resolve_device
 
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return device
+    return rank_device(resolve_device(name))
 
 
 def _is_convolutional(model: nn.Module) -> bool:
@@ -79,7 +79,10 @@ class Encoder:
         self.options = dict(options or {})
         self.precision = precision
         self.weights = "random" if weights is None else str(weights)
-        model = create_model(name, num_classes=0, weights=None if weights is None else str(weights), **self.options)
+        with torch.random.fork_rng(devices=[]):  # random weights drawn alike in every process (ranks, shards, reruns)
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = create_model(name, num_classes=0, weights=None if weights is None else str(weights),
+                                 **self.options)
         self.weights_sha256 = weights_digest(weights)
         self.data_config = model.data_config
         self.input_px = int(input_px or self.data_config.input_size[-1])

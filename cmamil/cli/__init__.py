@@ -97,11 +97,13 @@ class _NoticeHandler(logging.Handler):
 
 
 def _show_notices() -> None:
-    """Show library notices (`cmamil.notices`) on stderr; one handler however often `main` runs in a process."""
+    """Show library notices (`cmamil.notices`) on stderr; one handler however often `main` runs in a process.
+    Under torchrun only rank 0 shows them (every rank would say the same)."""
+    from cmamil.distributed import detect_world
     from cmamil.notices import NOTICE_LOGGER
 
     logger = logging.getLogger(NOTICE_LOGGER)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if detect_world().main else logging.WARNING)
     logger.propagate = False
     handler = next((h for h in logger.handlers if isinstance(h, _NoticeHandler)), None)
     if handler is None:

@@ -66,5 +66,9 @@ def crossmag(config_file: Path | None, **options: Any) -> None:
                          "--config); see `cmamil crossmag --help`")
     training = build_config(PatchTrainConfig, {**given, "images": tuple(root for _, root in sets)}, "crossmag")
     run_crossmag(CrossMagConfig(sets=sets, training=training, mixed=mixed))
+    from cmamil.distributed import detect_world
+
+    if not detect_world().main:
+        return  # under torchrun, rank 0 reports
     click.echo(f"study folder: {training.out}")
     click.echo((training.out / "crossmag.md").read_text().rstrip())

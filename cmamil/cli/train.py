@@ -35,6 +35,7 @@ def train(config_file: Path | None, dry_run: bool, **options: Any) -> None:
       cmamil train --features feats/ --labels labels.csv --model cma_mil --folds 5 --out runs/cma
       cmamil train --images breakhis_100x/ --model deit_small --out runs/deit_100x
       cmamil train --config runs/cma/config.yaml --out runs/cma_again    # repeat a run
+      torchrun --nproc-per-node 4 "$(which cmamil)" train --images patches/ --model deit_small --out runs/ddp
       tensorboard --logdir runs
     """
     ctx = click.get_current_context()
@@ -56,10 +57,13 @@ def train(config_file: Path | None, dry_run: bool, **options: Any) -> None:
     if dry_run:
         _echo_plan(config)
         return
+    from cmamil.distributed import detect_world
     from cmamil.training.runner import run_training
     from cmamil.training.summary import format_summary
 
     summary = run_training(config)
+    if not detect_world().main:
+        return  # under torchrun, rank 0 reports
     click.echo(format_summary(summary))
     click.echo(f"run folder: {config.out}  (tensorboard --logdir {config.out.parent})")
 

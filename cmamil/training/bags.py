@@ -35,6 +35,8 @@ CACHE_BYTES = 2 * 1024**3  # in-memory bags of a cohort under this, estimated as
 class BagTask:
     """The bag side of the training runner (see `cmamil.training.task.Task`)."""
 
+    data_parallel = False  # a bag is one batch: under torchrun, folds are spread over the ranks instead
+
     def __init__(self, config: BagTrainConfig, class_names: tuple[str, ...] | None = None) -> None:
         self.config = config
         self.table: LabelTable = load_labelled_bags(config.features, config.labels, config.magnifications,

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from cmamil.distributed import SINGLE, World, gather, replicate, share_buffers, wait
 from cmamil.environment import peak_memory_mb, reset_peak_memory, seed_everything
 from cmamil.errors import TrainingError
 from cmamil.evaluation.metrics import classification_metrics
@@ -54,10 +55,12 @@ class FitResult:
 
 def fit(task: Task, data: FoldData, model: nn.Module, config: TrainConfig, folder: Path,
         writer: SummaryWriter, device: torch.device, meta: dict[str, Any],
-        on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> FitResult:
+        on_epoch: Callable[[int, dict[str, Any]], None] | None = None, team: World = SINGLE) -> FitResult:
     """Train `model` on the fold's training part (resuming from `folder/last.pt`) and keep its best epoch.
 
-    `on_epoch(fold, row)` is called after each epoch is saved (e.g. to report progress elsewhere).
+    `on_epoch(fold, row)` is called after each epoch is saved (e.g. to report progress elsewhere). A `team` of
+    several ranks trains one model with DistributedDataParallel (the task gives each rank its share of the
+    batches); every rank takes the same decisions from the gathered metrics, and its first rank writes.
     """
     use_amp = config.amp and device.type == "cuda"
     model.to(device)
@@ -74,6 +77,7 @@ def fit(task: Task, data: FoldData, model: nn.Module, config: TrainConfig, folde
         stopper.load_state_dict(state["early_stopping"])
         history = list(state["history"])
         log.info("%s: resuming after epoch %d", folder, len(history))
+    trained = replicate(team, model, device)
     has_val = len(data.val) > 0
     class_names = meta["class_names"]
     epochs = tqdm(range(len(history) + 1, config.epochs + 1), desc=f"fold {data.fold}", unit="epoch",
@@ -83,7 +87,8 @@ def fit(task: Task, data: FoldData, model: nn.Module, config: TrainConfig, folde
         seed_everything(config.seed + 1000 * data.fold + 1_000_003 * epoch, config.deterministic)
         reset_peak_memory(device)
         began = time.perf_counter()
-        train = _train_epoch(task, data, model, optimizer, scaler, schedule, config, device, epoch, use_amp)
+        train = _train_epoch(task, data, trained, optimizer, scaler, schedule, config, device, epoch, use_amp, team)
+        share_buffers(team, model)
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                **{f"train_{k}": train[k] for k in ("loss", "auc", "accuracy", "f1_macro")}}
         log_scalars(writer, "train", train, epoch)
@@ -93,17 +98,18 @@ def fit(task: Task, data: FoldData, model: nn.Module, config: TrainConfig, folde
             row |= {f"val_{k}": val[k] for k in HISTORY_VAL}
             row |= {f"val_f1_{name}": val["per_class"][name]["f1"] for name in class_names}
             log_scalars(writer, "val", val, epoch)
-            if stopper.step(epoch, val):
+            if stopper.step(epoch, val) and team.main:
                 _save_best(folder, model, meta, epoch, val)
             epochs.set_postfix({f"val_{config.monitor}": f"{val[config.monitor]:.3f}"})
         row |= {"epoch_seconds": time.perf_counter() - began, "peak_memory_mb": peak_memory_mb(device)}
         writer.add_scalar("epoch_seconds", row["epoch_seconds"], epoch)
         history.append(row)
-        save_checkpoint(folder / LAST, {
-            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "early_stopping": stopper.state_dict(), "history": history,
-        })
-        write_history(folder / "history.csv", history)
+        if team.main:
+            save_checkpoint(folder / LAST, {
+                "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "early_stopping": stopper.state_dict(), "history": history,
+            })
+            write_history(folder / "history.csv", history)
         if on_epoch is not None:
             on_epoch(data.fold, row)
         if has_val and stopper.should_stop(epoch):
@@ -113,17 +119,20 @@ def fit(task: Task, data: FoldData, model: nn.Module, config: TrainConfig, folde
         if has_val:
             log.warning("fold %d: validation %s was never finite; keeping the last epoch", data.fold, config.monitor)
         best_epoch = history[-1]["epoch"]
-        _save_best(folder, model, meta, best_epoch, {})
+        if team.main:
+            _save_best(folder, model, meta, best_epoch, {})
     else:
         best_epoch = stopper.best_epoch
+    wait(team)  # rank 0 has written checkpoint.pt
     model.load_state_dict(load_checkpoint(folder / CHECKPOINT)["state_dict"])
     return FitResult(model, best_epoch, history)
 
 
 def _train_epoch(task: Task, data: FoldData, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, schedule: LRSchedule, config: TrainConfig, device: torch.device,
-                 epoch: int, use_amp: bool) -> dict[str, Any]:
-    """One pass over the training part; returns the mean loss and the train metrics."""
+                 epoch: int, use_amp: bool, team: World = SINGLE) -> dict[str, Any]:
+    """One pass over the training part (this rank's share of it); returns the mean loss and the train metrics,
+    gathered over the team."""
     model.train()
     steps = task.steps_per_epoch(data)
     total, seen, labels, probs = 0.0, 0, [], []
@@ -142,6 +151,10 @@ def _train_epoch(task: Task, data: FoldData, model: nn.Module, optimizer: torch.
         seen += n
         labels.append(out.labels.detach().cpu().numpy())
         probs.append(torch.softmax(out.logits.detach().float(), dim=1).cpu().numpy())
+    shares = gather(team, (total, seen, labels, probs))
+    total, seen = sum(share[0] for share in shares), sum(share[1] for share in shares)
+    labels = [batch for share in shares for batch in share[2]]
+    probs = [batch for share in shares for batch in share[3]]
     mean = total / max(seen, 1)
     if not math.isfinite(mean):
         raise TrainingError(f"training diverged at epoch {epoch} (loss {mean}); lower --lr or use --no-amp")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from cmamil.data.images import (
     ImageDataset,
@@ -26,6 +26,8 @@ from cmamil.data.images import (
     read_class_folders,
 )
 from cmamil.data.patients import Grouping, image_grouping
+from cmamil.distributed import current_world, gather
+from cmamil.errors import InputError
 from cmamil.models import create_model
 from cmamil.notices import notice
 from cmamil.data.transforms import BatchMixer, eval_transform, train_transform
@@ -39,7 +41,13 @@ __all__ = ["PatchTask", "predict_images", "rebuild_patch_model"]
 
 
 class PatchTask:
-    """The patch-image side of the training runner (see `cmamil.training.task.Task`)."""
+    """The patch-image side of the training runner (see `cmamil.training.task.Task`).
+
+    Under torchrun every rank trains the same fold (DDP): a DistributedSampler gives each rank every N-th image
+    of the epoch's permutation, `--batch-size` is per rank, and predictions are split over the ranks and
+    gathered."""
+
+    data_parallel = True
 
     def __init__(self, config: PatchTrainConfig, class_names: tuple[str, ...] | None = None) -> None:
         self.config = config
@@ -80,23 +88,36 @@ class PatchTask:
 
     def train_batches(self, data: FoldData, epoch: int, device: torch.device) -> Iterable[Any]:
         if data.fold not in self._loaders:
-            config, labels = self.config, data.train.images.labels
+            config = self.config
             generator = torch.Generator()
-            sampler = class_balanced_sampler(labels, generator) if config.weighted_sampling else None
+            sampler = self._sampler(data, generator)
             self._loaders = {data.fold: DataLoader(
                 ImageDataset(data.train.images, data.train.transform), batch_size=config.batch_size,
-                shuffle=sampler is None, sampler=sampler, generator=generator, num_workers=config.num_workers,
+                sampler=sampler, generator=generator, num_workers=config.num_workers,
                 persistent_workers=config.num_workers > 0, pin_memory=device.type == "cuda",
-                drop_last=len(labels) % config.batch_size == 1,  # BatchNorm needs two images per batch
+                drop_last=len(sampler) % config.batch_size == 1,  # BatchNorm needs two images per batch
             )}
             self._mixer = BatchMixer(len(self.images.class_names), config.mixup, config.cutmix)
         loader = self._loaders[data.fold]
         loader.generator.manual_seed(self.config.seed + 1000 * data.fold + epoch)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
         return loader
 
     def steps_per_epoch(self, data: FoldData) -> int:
-        size, n = self.config.batch_size, len(data.train)
+        size, n = self.config.batch_size, -(-len(data.train) // current_world().size)  # this rank's share
         return n // size if n % size == 1 else -(-n // size)
+
+    def _sampler(self, data: FoldData, generator: torch.Generator) -> Sampler:
+        """Class-balanced draws, or this rank's share of a permutation seeded by run seed, fold and epoch."""
+        world = current_world()
+        if self.config.weighted_sampling:
+            if world.size > 1:
+                raise InputError("--weighted-sampling is not available with several processes yet; drop it or "
+                                 "train in one process")
+            return class_balanced_sampler(data.train.images.labels, generator)
+        return DistributedSampler(data.train, num_replicas=world.size, rank=world.rank, shuffle=True,
+                                  seed=self.config.seed + 1000 * data.fold)
 
     def step(self, model: nn.Module, batch: Any, device: torch.device, amp: bool) -> StepOutput:
         x, y, _ = batch
@@ -108,8 +129,18 @@ class PatchTask:
         return StepOutput(loss, logits, y)
 
     def predict(self, model: nn.Module, dataset: ImagePart, device: torch.device, amp: bool) -> Predictions:
-        loader = image_loader(dataset, self.config.batch_size, self.config.num_workers, device)
-        return predict_images(model, loader, dataset, device, amp=amp)
+        world = current_world()
+        share = _every_nth(dataset, world.rank, world.size)
+        loader = image_loader(share, self.config.batch_size, self.config.num_workers, device)
+        mine = predict_images(model, loader, share, device, amp=amp)
+        if world.size == 1:
+            return mine
+        shares = gather(world, (mine.probs, mine.loss * len(share)))
+        probs = np.zeros((len(dataset), len(self.images.class_names)))
+        for rank, (rows, _) in enumerate(shares):
+            probs[rank::world.size] = rows
+        return Predictions(dataset.ids, dataset.patients, np.asarray(dataset.images.labels, dtype=int), probs,
+                           sum(total for _, total in shares) / max(len(dataset), 1))
 
     def checkpoint_meta(self, data: FoldData) -> dict[str, Any]:
         return {"input_px": self.config.input_px}
@@ -161,6 +192,14 @@ def predict_images(model: nn.Module, loader: DataLoader, part: ImagePart, device
                        total / max(len(part), 1))
 
 
+def _every_nth(part: ImagePart, start: int, step: int) -> ImagePart:
+    """Images start, start + step, … of a part (one rank's share of a prediction)."""
+    if step == 1:
+        return part
+    rows = list(range(start, len(part), step))
+    return ImagePart(part.images.subset(rows), part.transform, tuple(part.patients[r] for r in rows))
+
+
 def rebuild_patch_model(meta: dict[str, Any]) -> tuple[nn.Module, Callable]:
     """The patch classifier and its evaluation transform described by a checkpoint's metadata."""
     model = create_model(meta["model"], num_classes=len(meta["class_names"]), **meta["model_options"])
@@ -171,8 +210,6 @@ def _read_images(config: PatchTrainConfig, class_names: tuple[str, ...] | None
                  ) -> tuple[ImageSet, Grouping, list[Split] | None]:
     """Every image of the run, their patients, and the one fixed split when the roots have split folders and no
     --folds."""
-    from cmamil.errors import InputError
-
     layouts = [find_split_folders(root, config.split_names) for root in config.images]
     if config.folds is None and any(layout is None for layout in layouts):
         flat = next(root for root, layout in zip(config.images, layouts) if layout is None)

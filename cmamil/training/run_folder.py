@@ -1,12 +1,14 @@
 """The run-folder contract, the same for every kind of model, and the one reader of finished runs.
 
-    runs/NAME/config.yaml          kind (bags | patches), every option, class names, data counts, versions
+    runs/NAME/config.yaml          kind (bags | patches), every option, class names, data counts, versions,
+                                   world_size (processes that trained it)
     runs/NAME/splits/fold_K.csv    id,split (train | val | test): the items of each fold's parts
     runs/NAME/fold_K/              checkpoint.pt   best epoch's weights and what rebuilds the model
                                    last.pt         the latest epoch's full state while training (resume point)
                                    history.csv     one row per epoch: lr, train/val loss and metrics, seconds
                                    predictions.csv the test part (see cmamil.training.predictions)
-                                   metrics.json    best epoch, val and test metrics; written last
+                                   metrics.json    best epoch, val and test metrics, the rank that trained
+                                                   it and the world size; written last
                                    events.out.tfevents.*  TensorBoard scalars, figures, PR curves, hparams
     runs/NAME/summary.json|csv     per-fold test metrics and mean ± std
     runs/NAME/figures/             pooled ROC, PR, confusion matrix, per-fold training curves
@@ -117,13 +119,14 @@ class RunFolder:
             raise InputError(f"{self.root} was trained with other options ({detail}); use another --out or --overwrite")
 
     def write_config(self, kind: str, options: dict[str, Any], fingerprint: dict[str, Any],
-                     class_names: Sequence[str], data: dict[str, Any]) -> None:
-        """Write config.yaml: the kind, every option, what a resume must match, classes, data, environment."""
+                     class_names: Sequence[str], data: dict[str, Any], world_size: int = 1) -> None:
+        """Write config.yaml: the kind, every option, what a resume must match, classes, data, environment, and
+        how many processes trained the run (`world_size`, >1 under torchrun)."""
         from cmamil.environment import environment_info
 
         write_yaml(self.config_path, {
             "kind": kind, "config": options, "fingerprint": fingerprint, "class_names": list(class_names),
-            "data": data, "environment": environment_info(),
+            "data": data, "environment": environment_info(), "world_size": world_size,
         })
 
     def saved_splits(self, known: Sequence[str]) -> list[Split] | None:

@@ -8,21 +8,22 @@ with other options is refused unless `overwrite`.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from torch.utils.tensorboard import SummaryWriter
-
 from cmamil.atomic import write_json
 from cmamil.data.patients import check_patients_apart
+from cmamil.distributed import (SINGLE, World, gather, main_writes, process_group, rank_device, summary_writer,
+                                wait)
 from cmamil.environment import resolve_device, seed_everything
-from cmamil.errors import InputError
+from cmamil.errors import InputError, TrainingError
 from cmamil.evaluation.metrics import HEADLINE
 from cmamil.notices import notice
 from cmamil.training.config import TrainConfig
 from cmamil.training.loop import LAST, fit
-from cmamil.training.predictions import write_predictions
+from cmamil.training.predictions import Predictions, write_predictions
 from cmamil.training.run_folder import RunFolder
 from cmamil.training.splits import PARTS, Split, make_splits
 from cmamil.training.summary import summarize_run
@@ -51,18 +52,42 @@ def run_training(config: TrainConfig,
                  on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train every unfinished fold of the run and return its summary (`format_summary` prints it).
 
-    `on_epoch(fold, row)` is called after every epoch with its history row.
-    """
+    `on_epoch(fold, row)` is called after every epoch with its history row. Under torchrun, a data-parallel task
+    (patch images) trains each fold on every rank with DDP; otherwise (bags) fold k trains on rank k mod N."""
     task, items, splits = plan_training(config)
-    run = RunFolder(config.out)
+    with process_group(resolve_device(config.device), task.data_parallel) as world:
+        wait(world)  # every rank has read the previous state of the run folder before rank 0 rewrites it
+        run = RunFolder(config.out)
+        main_writes(world, lambda: _start_run(run, config, task, items, splits, world))
+        mine = splits if task.data_parallel else [s for s in splits if s.fold % world.size == world.rank]
+        failed = None
+        for split in mine:
+            if run.fold_finished(split.fold) and not config.overwrite:
+                log.info("fold %d is finished; skipping it", split.fold)
+                continue
+            try:
+                train_fold(config, task, split, run, items.class_names, on_epoch, world)
+            except Exception as exc:
+                if task.data_parallel or world.size == 1:
+                    raise
+                failed = exc  # peers finish their folds; every rank then learns of the failure
+                break
+        _raise_failures(world, failed)
+        summary = main_writes(world, lambda: _finish_run(run, config))
+    return summary if summary is not None else json.loads((run.root / "summary.json").read_text())
+
+
+def _start_run(run: RunFolder, config: TrainConfig, task: Task, items: Items, splits: Sequence[Split],
+               world: World) -> None:
+    """config.yaml (with the number of processes) and the splits."""
     run.root.mkdir(parents=True, exist_ok=True)
-    run.write_config(config.kind, config.to_dict(), config.fingerprint(), items.class_names, task.describe())
+    run.write_config(config.kind, config.to_dict(), config.fingerprint(), items.class_names, task.describe(),
+                     world_size=world.size)
     run.save_splits(splits)
-    for split in splits:
-        if run.fold_finished(split.fold) and not config.overwrite:
-            log.info("fold %d is finished; skipping it", split.fold)
-            continue
-        train_fold(config, task, split, run, items.class_names, on_epoch)
+
+
+def _finish_run(run: RunFolder, config: TrainConfig) -> dict[str, Any]:
+    """summary.json/csv over the finished folds, and the run's figures."""
     summary = summarize_run(run.root)
     if config.figures:
         from cmamil.evaluation.report import write_figures
@@ -71,12 +96,29 @@ def run_training(config: TrainConfig,
     return summary
 
 
+def _raise_failures(world: World, failed: Exception | None) -> None:
+    """Re-raise this rank's fold failure, or name a peer's, once every rank has finished its folds."""
+    reports = gather(world, None if failed is None else f"{type(failed).__name__}: {failed}")
+    if failed is not None:
+        raise failed
+    others = [f"rank {rank}: {report}" for rank, report in enumerate(reports) if report is not None]
+    if others:
+        raise TrainingError(f"a fold failed on another rank ({'; '.join(others)}); fix it and rerun: finished "
+                            "folds are kept")
+
+
 def train_fold(config: TrainConfig, task: Task, split: Split, run: RunFolder, class_names: Sequence[str],
-               on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train and test one fold into `fold_K/`; metrics.json is written last and returned."""
-    folder = run.reset_fold(split.fold) if config.overwrite else run.fold_dir(split.fold)
+               on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+               world: World = SINGLE) -> dict[str, Any]:
+    """Train and test one fold into `fold_K/`; metrics.json is written last and returned.
+
+    A data-parallel task trains the fold on every rank of `world` (rank 0 writes); otherwise this rank alone."""
+    team = world if task.data_parallel else SINGLE
+    folder = run.fold_dir(split.fold)
+    if config.overwrite:
+        main_writes(team, lambda: run.reset_fold(split.fold))
     folder.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+    device = rank_device(resolve_device(config.device))
     use_amp = config.amp and device.type == "cuda"
     seed_everything(config.seed + split.fold, config.deterministic)
     model = task.build_model()  # first: a patch task reads the model's data config for the fold's transforms
@@ -84,29 +126,36 @@ def train_fold(config: TrainConfig, task: Task, split: Split, run: RunFolder, cl
     meta = {"kind": config.kind, "model": config.model, "model_options": dict(config.model_options),
             "class_names": list(class_names), "fold": split.fold, **task.checkpoint_meta(data)}
     done = _epochs_done(folder)
-    with SummaryWriter(log_dir=str(folder), purge_step=done + 1 if done else None) as writer:
-        result = fit(task, data, model, config, folder, writer, device, meta, on_epoch)
+    with summary_writer(team, folder, purge_step=done + 1 if done else None) as writer:
+        result = fit(task, data, model, config, folder, writer, device, meta, on_epoch, team)
         evaluations = {p: task.predict(result.model, data.part(p), device, use_amp)
                        for p in ("val", "test") if len(data.part(p))}
         metrics = {p: e.metrics(class_names) for p, e in evaluations.items()}
         for part, evaluation in evaluations.items():
             log_evaluation(writer, part, metrics[part], evaluation.y_true, evaluation.probs, class_names,
                            result.best_epoch, scalars=part == "test")
-        extra = task.inspect(result.model, data.test, evaluations["test"], folder, device, writer)
+        extra = task.inspect(result.model, data.test, evaluations["test"], folder, device, writer) if team.main else {}
         log_hparams(writer, _hparams(config, split.fold), {f"test_{k}": metrics["test"][k] for k in HEADLINE})
-    write_predictions(folder / "predictions.csv", evaluations["test"], class_names)
     fold_metrics = {
         "fold": split.fold,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "monitor": config.monitor,
         "parameters": sum(p.numel() for p in result.model.parameters()),
+        "rank": world.rank,
+        "world_size": world.size,
         **metrics,
         **extra,
     }
+    main_writes(team, lambda: _finish_fold(folder, evaluations["test"], class_names, fold_metrics))
+    return fold_metrics
+
+
+def _finish_fold(folder: Path, test: Predictions, class_names: Sequence[str], fold_metrics: dict[str, Any]) -> None:
+    """predictions.csv, then metrics.json (the fold is finished), then drop the resume point."""
+    write_predictions(folder / "predictions.csv", test, class_names)
     write_json(folder / "metrics.json", fold_metrics)
     (folder / LAST).unlink(missing_ok=True)
-    return fold_metrics
 
 
 def _epochs_done(folder: Path) -> int:

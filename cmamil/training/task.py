@@ -63,6 +63,9 @@ class StepOutput:
 class Task(Protocol):
     """The part of a training run that depends on its kind of input (bags or patch images)."""
 
+    data_parallel: bool
+    """Under torchrun: every rank trains each fold together (DDP), or each fold trains on one rank."""
+
     def items(self) -> Items:
         """Every labelled item, for making splits."""
 
