@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "crossmag": ("cmamil.cli.crossmag", "crossmag", "Train on each magnification set, test on every set."),
     "demo": ("cmamil.cli.demo", "demo", "Run the whole pipeline on a synthetic cohort in a few minutes."),
     "evaluate": ("cmamil.cli.evaluate", "evaluate", "Evaluate a trained patch classifier: metrics, speed, overlays."),
+    "recipes": ("cmamil.cli.recipes", "recipes", "List the shipped training recipes, one per seed study."),
     "plugins": ("cmamil.cli.plugins", "plugins", "List and check installed model and aggregator plugins."),
     "models": ("cmamil.cli.models", "models", "Inspect patch models: parameters, MACs, input and feature size."),
     "tile": ("cmamil.cli.tile", "tile", "Find tissue and plan nested multi-magnification tiles for slides."),
