@@ -84,3 +84,18 @@ def test_an_npz_trains_s4d_on_one_channel_and_a_timm_cnn_on_three(model, options
                                           "0", "--out", str(tmp_path / "eval")])
     assert evaluated.exit_code == 0, evaluated.output + repr(evaluated.exception)
     assert "accuracy" in evaluated.stdout
+
+
+def test_a_timm_model_built_on_one_channel_says_so_in_its_data_config():
+    from cmamil.data.transforms import eval_transform
+    from cmamil.models import create_model
+
+    model = create_model("timm:resnet10t", num_classes=2, in_chans=1)
+    assert model.data_config.input_size[0] == 1 and len(model.data_config.mean) == len(model.data_config.std) == 1
+    from PIL import Image
+
+    image = eval_transform(model.data_config, 32)(Image.new("RGB", (20, 20), (90, 60, 30)))
+    assert image.shape == (1, 32, 32)  # RGB made grey: 0.299·90 + 0.587·60 + 0.114·30 = 65.55, 65 as uint8
+    expected = (65 / 255 - model.data_config.mean[0]) / model.data_config.std[0]
+    assert torch.allclose(image, torch.full_like(image, expected), atol=1e-3)
+    assert model.eval()(image[None]).shape == (1, 2)

@@ -59,7 +59,7 @@ def measure_speed(
         "throughput_images_per_s": batch_size / seconds,
         "throughput_batch_size": batch_size,
         "peak_memory_mb": peak_memory_mb(device),
-        "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_peak_rss",
+        "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
         "amp": bool(amp and device.type == "cuda"),
     }
 
