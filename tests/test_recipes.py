@@ -148,3 +148,27 @@ def test_plateau_on_loss_minimises_and_waits_for_the_warm_up():
     schedule.end_epoch(3, 0.9)  # worse, patience 0: halved at once
     schedule.set(optimizer, 9)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_the_recipes_guide_names_every_recipe_and_only_existing_options():
+    import re
+    import shlex
+    from pathlib import Path
+
+    import click
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    assert all(f"## {name}" in guide for name in RECIPES)
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)\n```", guide, flags=re.S)).replace("\\\n", " ")
+    table = re.findall(r"`(cmamil (?:train|crossmag) --recipe [^`]*)`", guide)
+    commands = [shlex.split(line.split("#")[0]) for line in blocks.splitlines() + table if line.startswith("cmamil ")]
+    assert {args[1] for args in commands} == {"recipes", "train", "crossmag", "models"}
+    for args in commands:
+        command = main.get_command(click.Context(main), args[1])
+        if isinstance(command, click.Group):
+            command = command.get_command(click.Context(command), args[2])
+        known = {opt for param in command.params for opt in param.opts + param.secondary_opts}
+        used = {a.split("=")[0] for a in args[2:] if a.startswith("--")}
+        assert used <= known, (args[:3], used - known)
+        recipe = args[args.index("--recipe") + 1] if "--recipe" in args else None
+        assert recipe in (None, "NAME", *RECIPES)
