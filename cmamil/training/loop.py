@@ -1,8 +1,8 @@
 """The one epoch loop of every training run: train, validate, log, keep the best epoch, save a resume point.
 
 Each epoch: the task's shuffled batches (seeded by run seed, fold and epoch, so that a resumed fold repeats the
-same order), the scheduled learning rate per step (and the plateau rule per epoch), autocast and a gradient scaler on CUDA when `amp`, gradient
-clipping when `clip_grad` > 0; then the validation predictions, one history row, TensorBoard scalars, and early
+same order), the scheduled learning rate per step (and the plateau rule per epoch), autocast and a gradient
+scaler on CUDA when `amp`, gradient clipping when `clip_grad` > 0; then the validation predictions, one history row, TensorBoard scalars, and early
 stopping on `monitor` (ties broken by the task's `tie_break`). The best epoch's weights go to `checkpoint.pt`
 (with the task's metadata) when they improve; `last.pt` holds the full state after every epoch. Without a
 validation part, or when the monitored value is never finite, the last epoch is kept.
