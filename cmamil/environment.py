@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import random
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,15 +40,26 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak-memory window on a CUDA device (the CPU figure is the process peak and cannot reset)."""
+    """Start a new peak-memory window: CUDA's peak statistics, or on Linux the process's resident high-water mark
+    (elsewhere the CPU figure is the process peak and cannot reset)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    elif Path("/proc/self/clear_refs").exists():
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # 5 resets VmHWM (Linux ≥ 4.0)
+        except OSError:
+            pass
 
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory in MiB: CUDA memory allocated by torch since the last reset, or the process's peak RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status")
+    if status.exists():
+        found = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
+        if found:
+            return int(found.group(1)) / 2**10
     import resource
 
     scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux

@@ -72,8 +72,13 @@ def create_timm_model(
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise PluginError(f"could not build timm:{arch} with weights {weights!r}: {exc}") from exc
     config = dict(timm.data.resolve_model_data_config(model))
+    channels, height, width = config["input_size"]
     if "img_size" in options:
         size = options["img_size"]
         height, width = (size, size) if isinstance(size, int) else size
-        config["input_size"] = (config["input_size"][0], height, width)
+    if "in_chans" in options and options["in_chans"] != channels:  # timm's data config keeps its 3 channels
+        channels = int(options["in_chans"])
+        config["mean"] = (float(sum(config["mean"]) / len(config["mean"])),) * channels
+        config["std"] = (float(sum(config["std"]) / len(config["std"])),) * channels
+    config["input_size"] = (channels, height, width)
     return TimmPatchModel(model, config)

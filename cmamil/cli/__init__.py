@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "heatmap": ("cmamil.cli.heatmap", "heatmap", "Paint a run's per-tile attention or scores: PNG, QuPath GeoJSON, HDF5."),
     "predict": ("cmamil.cli.predict", "predict", "Apply a trained run's folds to new slides or feature files."),
     "evaluate": ("cmamil.cli.evaluate", "evaluate", "Evaluate a trained patch classifier: metrics, speed, overlays."),
+    "recipes": ("cmamil.cli.recipes", "recipes", "List the shipped training recipes, one per seed study."),
     "plugins": ("cmamil.cli.plugins", "plugins", "List and check installed model and aggregator plugins."),
     "models": ("cmamil.cli.models", "models", "Inspect patch models: parameters, MACs, input and feature size."),
     "tile": ("cmamil.cli.tile", "tile", "Find tissue and plan nested multi-magnification tiles for slides."),

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from cmamil.cli.options import config_options, given_options, option, options_file
+from cmamil.cli.options import config_options, layered_options, option
+from cmamil.data.arrays import is_array_file
 from cmamil.errors import InputError
 from cmamil.training.config import PatchTrainConfig
 
@@ -22,24 +23,25 @@ def _sets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
         name, sep, root = item.partition("=")
         if not sep or not name or not root:
             raise click.BadParameter(f"'{item}' is not NAME=ROOT (e.g. 100x=data/100x)", ctx=ctx, param=param)
-        if not Path(root).is_dir():
-            raise click.BadParameter(f"'{root}' is not a folder", ctx=ctx, param=param)
+        if not Path(root).is_dir() and not is_array_file(root):
+            raise click.BadParameter(f"'{root}' is neither a folder nor an .npz file", ctx=ctx, param=param)
         parsed.append((name.strip(), Path(root)))
     return tuple(parsed)
 
 
 @click.command(context_settings={"show_default": True})
+@option("recipe")
 @option("config_file", help="YAML file of options: sets (NAME: ROOT), mixed, and any training option; a study's "
                             "crossmag.yaml repeats that study. Flags given on the command line override it.")
 @option("model")
 @click.option("--set", "sets", multiple=True, callback=_sets, metavar="NAME=ROOT",
-              help="A named image set with training/ validation/ testing/ class folders; repeat for each "
-                   "magnification (at least two).")
+              help="A named image set with training/ validation/ testing/ class folders (or a MedMNIST-style "
+                   ".npz); repeat for each magnification (at least two).")
 @click.option("--mixed", is_flag=True, help="Also train one model on the union of all sets' training images, and test "
                                             "every model on the union of their test images.")
 @option("out", help="Study folder: one run folder per training set, the cells, and the matrix.")
 @config_options(PatchTrainConfig, skip=("model", "out", "images", "folds"))
-def crossmag(config_file: Path | None, **options: Any) -> None:
+def crossmag(recipe: str | None, config_file: Path | None, **options: Any) -> None:
     """Train on every magnification set and test on every set (MagFusion's cross-magnification study).
 
     \b
@@ -50,12 +52,16 @@ def crossmag(config_file: Path | None, **options: Any) -> None:
       cmamil crossmag --model deit_small --set 100x=breakhis_100x --set 400x=breakhis_400x --mixed \\
           --out runs/deit_crossmag
       cmamil crossmag --config runs/deit_crossmag/crossmag.yaml --out runs/deit_crossmag_again
+      cmamil crossmag --recipe magfusion --model swin_tiny --set 100x=b100 --set 400x=b400 --out runs/swin
     """
     from cmamil.cli.train import build_config
     from cmamil.crossmag import CrossMagConfig, run_crossmag
 
     known = {f.name for f in fields(PatchTrainConfig)} | {"sets", "mixed"}
-    given = {**options_file(config_file, known), **given_options(click.get_current_context(), options)}
+    given, recipe_kind = layered_options(click.get_current_context(), options, config_file, recipe, known)
+    if recipe_kind == "bags":
+        raise InputError(f"recipe {recipe} trains on slide bags; crossmag needs a patch recipe (see `cmamil "
+                         "recipes list`)")
     given.pop("images", None)  # a study file records the sets' roots as images too; the sets decide
     sets = given.pop("sets", ())
     sets = tuple((str(name), Path(root)) for name, root in (sets.items() if isinstance(sets, dict) else sets))

@@ -13,9 +13,9 @@ __all__ = ["evaluate"]
 
 @click.command(context_settings={"show_default": True})
 @click.argument("run", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@option("images", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+@option("images", type=click.Path(path_type=Path, exists=True), default=None,
         help="[patch runs] Image root with split folders (training/ validation/ testing/ or train/ val/ test/) "
-             "of class folders, or a class-folder tree.")
+             "of class folders, or a class-folder tree, or a MedMNIST-style .npz.")
 @click.option("--split", default="testing",
               help="[patch runs] Split folder to evaluate (testing = test, validation = val); a root without split "
                    "folders is used whole.")

@@ -23,6 +23,7 @@ __all__ = [
     "given_options",
     "heatmap_options",
     "key_values",
+    "layered_options",
     "option",
     "options_file",
     "output_options",
@@ -205,9 +206,10 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                    "help": "Folder of per-bag feature files from `cmamil extract` (bag training)."}),
     "labels": (("--labels",), {"type": click.Path(path_type=Path, dir_okay=False, exists=True),
                                "help": "CSV with slide_id,label[,patient_id]; patients never straddle folds."}),
-    "images": (("--images",), {"type": click.Path(path_type=Path, file_okay=False),
+    "images": (("--images",), {"type": click.Path(path_type=Path),
                                "help": "Image root: training/ validation/ testing/ (or train/ val/ test/) class "
-                                       "folders, or a flat class-folder tree with --folds (patch training)."}),
+                                       "folders, or a flat class-folder tree with --folds, or a MedMNIST-style "
+                                       ".npz (train_/val_/test_ images and labels) (patch training)."}),
     "folds": (("--folds",), {"type": click.IntRange(min=2),
                              "help": "Cross-validation folds (with --images: the split folders are used unless "
                                      "--folds is set). " + FOLD_RULE}),
@@ -216,9 +218,16 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "weight_decay": (("--weight-decay",), {"type": float,
                                            "help": "Weight decay (none on norms, biases and tokens)."}),
     "optimizer": (("--optimizer",), {"type": _choice("adam", "adamw", "sgd"), "help": "Optimiser."}),
-    "scheduler": (("--scheduler",), {"type": _choice("constant", "cosine"),
-                                     "help": "Learning-rate schedule after the warm-up: constant, or cosine decay "
-                                             "to zero."}),
+    "scheduler": (("--scheduler",), {"type": _choice("constant", "cosine", "plateau"),
+                                     "help": "Learning-rate schedule after the warm-up: constant, cosine decay "
+                                             "to zero, or plateau (torch's ReduceLROnPlateau on --monitor)."}),
+    "plateau_factor": (("--plateau-factor",), {"type": click.FloatRange(0, 1, min_open=True, max_open=True),
+                                               "help": "With --scheduler plateau: multiply the lr by this factor "
+                                                       "when --monitor stalls."}),
+    "plateau_patience": (("--plateau-patience",), {"type": click.IntRange(min=0),
+                                                   "help": "With --scheduler plateau: epochs without improvement "
+                                                           "of --monitor that are tolerated; the lr drops after "
+                                                           "one more."}),
     "warmup_epochs": (("--warmup-epochs",), {"type": click.IntRange(min=0),
                                              "help": "Linear learning-rate warm-up (epochs)."}),
     "clip_grad": (("--clip-grad",), {"type": click.FloatRange(min=0), "help": "Gradient-norm clipping (0: off)."}),
@@ -262,6 +271,9 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                            "are independent)."}),
     "split_names": (("--split-names",), {"help": "Comma-separated train,val,test folder names "
                                                   "[default: auto-detect]."}),
+    "class_names": (("--class-names",), {
+        "help": "Comma-separated class names: for an .npz, the names of labels 0, 1, … [default: FILE.json or "
+                "FILE.csv beside it, else the indices]; for folders, the class folders to use, in this order."}),
     "batch_size": (("--batch-size",), {"type": click.IntRange(min=1), "help": "Images per batch."}),
     "label_smoothing": (("--label-smoothing",), {"type": click.FloatRange(0.0, 0.5), "help": "Label smoothing."}),
     "augment": (("--augment",), {"type": _choice("none", "basic", "strong"),
@@ -279,6 +291,9 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         "type": click.Path(path_type=Path, dir_okay=False, exists=True),
         "help": "YAML file of options (keys as the long flags, - or _); a run's own config.yaml repeats that run. "
                 "Flags given on the command line override it."}),
+    "recipe": (("--recipe",), {"metavar": "NAME",
+                               "help": "Start from a shipped recipe (a seed study's options; see `cmamil recipes "
+                                       "list`). A --config file overrides it, and flags override both."}),
     "dry_run": (("--dry-run",), {"is_flag": True,
                                  "help": "Check the inputs, print the splits (per fold and part: items and "
                                          "patients per class) and exit without writing anything."}),
@@ -342,6 +357,7 @@ def options_file(path: Path | None, known: set[str]) -> dict[str, Any]:
         raise InputError(f"{path} is not a mapping of options (KEY: VALUE lines)")
     if "kind" in data and isinstance(data.get("config"), dict):
         data = data["config"]
+    data.pop("recipe", None)  # a recipe file's description of itself
     if isinstance(data.get("training"), dict):
         data = {**data.pop("training"), **data}
     options = {str(key).replace("-", "_"): value for key, value in data.items()}
@@ -350,6 +366,27 @@ def options_file(path: Path | None, known: set[str]) -> dict[str, Any]:
         raise InputError(f"{path}: unknown option(s) {', '.join(unknown)}; use the names of the long flags "
                          "(see --help)")
     return options
+
+
+def layered_options(ctx: click.Context, values: dict[str, Any], config_file: Path | None, recipe: str | None,
+                    known: set[str]) -> tuple[dict[str, Any], str | None]:
+    """The options of a command: a recipe's, then a --config file's, then the command line's, each overriding the
+    one before (model options merged key by key); and the kind of input the recipe is for (None without one)."""
+    layers = [options_file(config_file, known), given_options(ctx, values)]
+    kind = None
+    if recipe is not None:
+        from cmamil.recipes import load_recipe
+
+        chosen = load_recipe(recipe)
+        layers.insert(0, chosen.options)
+        kind = chosen.kind
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        model_options = {**merged.get("model_options", {}), **(layer.get("model_options") or {})}
+        merged.update(layer)
+        if model_options:
+            merged["model_options"] = model_options
+    return merged, kind
 
 
 def given_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:

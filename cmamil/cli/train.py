@@ -3,8 +3,9 @@
 One command, two inputs: `--features DIR --labels CSV` trains an aggregator (`cmamil.aggregators`) on per-bag
 feature files; `--images ROOT` trains a patch model (`cmamil.models`) on class folders. Which options apply to
 which input, and their defaults, come from the fields of `BagTrainConfig` and `PatchTrainConfig`: an option of
-the other kind is refused with one line. `--config FILE.yaml` gives options from a file (a run's own config.yaml
-repeats that run; flags override the file), and `--dry-run` checks the inputs and prints the splits only.
+the other kind is refused with one line. `--recipe NAME` starts from a seed study's shipped options and
+`--config FILE.yaml` gives options from a file (a run's own config.yaml repeats that run); the file overrides
+the recipe and flags override both. `--dry-run` checks the inputs and prints the splits only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import click
 
-from cmamil.cli.options import config_options, given_options, option, options_file
+from cmamil.cli.options import config_options, layered_options, option
 from cmamil.errors import InputError
 from cmamil.training.config import BagTrainConfig, PatchTrainConfig, TrainConfig
 
@@ -24,10 +25,11 @@ __all__ = ["build_config", "echo_metrics", "train"]
 
 
 @click.command(context_settings={"show_default": True})
+@option("recipe")
 @option("config_file")
 @config_options(BagTrainConfig, PatchTrainConfig)
 @option("dry_run")
-def train(config_file: Path | None, dry_run: bool, **options: Any) -> None:
+def train(recipe: str | None, config_file: Path | None, dry_run: bool, **options: Any) -> None:
     """Train a model with k-fold cross-validation and write a run folder.
 
     \b
@@ -36,14 +38,19 @@ def train(config_file: Path | None, dry_run: bool, **options: Any) -> None:
       cmamil train --images breakhis_100x/ --model deit_small --out runs/deit_100x
       cmamil train --config runs/cma/config.yaml --out runs/cma_again    # repeat a run
       torchrun --nproc-per-node 4 "$(which cmamil)" train --images patches/ --model deit_small --out runs/ddp
+      cmamil train --recipe fadeformer --images organcmnist.npz --out runs/fade   # a seed study's options
       tensorboard --logdir runs
     """
     ctx = click.get_current_context()
     known = {f.name for kind in (BagTrainConfig, PatchTrainConfig) for f in fields(kind)}
-    given = {**options_file(config_file, known), **given_options(ctx, options)}
+    given, recipe_kind = layered_options(ctx, options, config_file, recipe, known)
     given = {k: v for k, v in given.items() if v is not None}
     if ("features" in given) == ("images" in given):
         raise InputError("give exactly one of --features (slide bags) or --images (patch images)")
+    input_kind = "bags" if "features" in given else "patches"
+    if recipe_kind not in (None, input_kind):
+        inputs = "--features and --labels" if recipe_kind == "bags" else "--images"
+        raise InputError(f"recipe {recipe} trains on {recipe_kind}; give {inputs}")
     if "model" not in given or "out" not in given:
         raise InputError("--model and --out are required (on the command line or in --config); "
                          "see `cmamil train --help`")
@@ -80,8 +87,9 @@ def build_config(kind: type[TrainConfig], given: dict[str, Any], mode: str) -> T
         from cmamil.magnification import magnification_names
 
         values["magnifications"] = magnification_names(values["magnifications"])
-    if isinstance(values.get("split_names"), str):
-        values["split_names"] = tuple(part.strip() for part in values["split_names"].split(","))
+    for name in ("split_names", "class_names"):
+        if isinstance(values.get(name), str):
+            values[name] = tuple(part.strip() for part in values[name].split(","))
     return kind(**values)
 
 

@@ -3,6 +3,7 @@
 Layouts read:
   ROOT/training/<class>/*.png, ROOT/validation/<class>/…, ROOT/testing/<class>/…   (or train/ val/ test/)
   ROOT/<class>/*.png                                                                (split by k-fold)
+  FILE.npz with train_/val_/test_ images and labels (MedMNIST; see `cmamil.data.arrays`)
 Images may sit in sub-folders of a class folder (e.g. one per patient). PNG, JPEG, TIFF and BMP are
 read with Pillow and converted to RGB. A file Pillow cannot open is skipped and recorded, never fatal.
 """
@@ -18,6 +19,14 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cmamil.data.arrays import (
+    array_image,
+    array_split,
+    array_splits,
+    is_array_file,
+    is_array_item,
+    read_array_split,
+)
 from cmamil.errors import InputError
 
 if TYPE_CHECKING:
@@ -51,12 +60,14 @@ SPLITS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Labelled image files: paths, integer labels indexing `class_names`, and skipped unreadable files."""
+    """Labelled image files: paths, integer labels indexing `class_names`, skipped unreadable files, and the
+    channels the images carry (1 for grey arrays; files are read as RGB)."""
 
     paths: tuple[Path, ...]
     labels: tuple[int, ...]
     class_names: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = ()
+    channels: int = 3
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.labels):
@@ -70,7 +81,7 @@ class ImageSet:
         index = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, dtype=int)
         return ImageSet(
             tuple(self.paths[i] for i in index), tuple(self.labels[i] for i in index), self.class_names,
-            self.skipped,
+            self.skipped, self.channels,
         )
 
     def counts(self) -> dict[str, int]:
@@ -90,6 +101,7 @@ class ImageSet:
             tuple(y for s in sets for y in s.labels),
             names,
             tuple(item for s in sets for item in s.skipped),
+            max(s.channels for s in sets),
         )
 
 
@@ -97,8 +109,11 @@ def find_split_folders(root: str | Path, split_names: Sequence[str] | None = Non
     """Map 'train'/'val'/'test' to ROOT's split folders; None when ROOT is a flat class-folder tree.
 
     `split_names` (train, val, test folder names) overrides detection. 'val' may be absent (the
-    caller then holds out part of training); 'train' and 'test' must both exist.
+    caller then holds out part of training); 'train' and 'test' must both exist. An `.npz` array file maps to
+    its own splits.
     """
+    if is_array_file(root):
+        return {split: array_split(root, split) for split in array_splits(root)}
     root = _existing_folder(root)
     if split_names is not None:
         if len(split_names) != 3:
@@ -126,6 +141,9 @@ def find_split_folders(root: str | Path, split_names: Sequence[str] | None = Non
 
 def read_split(root: str | Path, split: str, class_names: Sequence[str] | None = None) -> ImageSet:
     """Images of one split of ROOT, by folder name or alias (testing = test); ROOT itself if it has no splits."""
+    if is_array_file(root):
+        canonical = next((key for key, names in SPLITS.items() if split == key or split in names), split)
+        return read_class_folders(array_split(root, canonical), class_names)
     root = _existing_folder(root)
     canonical = next((key for key, names in SPLITS.items() if split == key or split in names), None)
     names = (split,) + (SPLITS[canonical] if canonical else ())
@@ -138,7 +156,11 @@ def read_split(root: str | Path, split: str, class_names: Sequence[str] | None =
 
 
 def read_class_folders(folder: str | Path, class_names: Sequence[str] | None = None) -> ImageSet:
-    """Images under FOLDER/<class>/; with `class_names` the classes are fixed and unknown folders refused."""
+    """Images under FOLDER/<class>/ (or of one split of an array file, `FILE.npz::split`); with `class_names` the
+    classes are fixed and unknown folders refused."""
+    if is_array_file(folder):
+        paths, labels, names, channels = read_array_split(folder, class_names)
+        return ImageSet(paths, labels, names, channels=channels)
     folder = _existing_folder(folder)
     present = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if class_names is None:
@@ -182,7 +204,9 @@ def patient_groups(paths: Sequence[Path], pattern: str) -> list[str]:
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Decode an image file as RGB; a file that fails is an InputError naming it."""
+    """Decode an image file (or an array file's image) as RGB; a file that fails is an InputError naming it."""
+    if is_array_item(path):
+        return array_image(path)
     try:
         with Image.open(path) as image:
             return image.convert("RGB")

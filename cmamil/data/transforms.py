@@ -1,7 +1,8 @@
 """Image preprocessing from a model's DataConfig, training augmentations, and batch mixing (mixup/CutMix).
 
-Images are resized to the model's input size (no crop: a histology patch is used whole) with the
-model's interpolation, then normalised with its mean and std. Augmentations suit histology, which has
+Images (read as RGB) are given the model's channels (grey for a one-channel model), resized to the model's input
+size (no crop: a histology patch is used whole) with the model's interpolation, then normalised with its mean
+and std. Augmentations suit histology, which has
 no canonical orientation: flips and 90° rotations ("basic"), plus colour jitter and random erasing
 ("strong").
 """
@@ -69,12 +70,13 @@ class BatchMixer:
 
 
 def _resize(config: DataConfig, size: int | None) -> list:
-    height, width = (size, size) if size else config.input_size[1:]
+    channels, height, width = config.input_size[0], *((size, size) if size else config.input_size[1:])
     try:
         interpolation = InterpolationMode(config.interpolation)
     except ValueError:  # timm names a few modes torchvision lacks (e.g. 'random')
         interpolation = InterpolationMode.BICUBIC
-    return [v2.ToImage(), v2.Resize((height, width), interpolation=interpolation, antialias=True)]
+    grey = [v2.Grayscale(num_output_channels=1)] if channels == 1 else []
+    return [v2.ToImage(), *grey, v2.Resize((height, width), interpolation=interpolation, antialias=True)]
 
 
 def _to_normalised(config: DataConfig) -> list:

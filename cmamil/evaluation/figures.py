@@ -138,3 +138,25 @@ def plot_training_curves(epochs: Sequence[dict], keys: Sequence[str], title: str
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_efficiency(rows: Sequence[dict]) -> plt.Figure:
+    """Throughput, peak memory and MACs per image against input size, one line per model (log scales)."""
+    panels = (("throughput_per_s", "throughput (images/s)"), ("peak_memory_mib", "peak memory (MiB)"),
+              ("macs", "MACs per image"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    for ax, (key, label) in zip(axes, panels):
+        for model in models:
+            points = sorted((row["input_px"], row[key]) for row in rows
+                            if row["model"] == model and "error" not in row and row[key] > 0)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=model)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("input size (px)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

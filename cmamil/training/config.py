@@ -30,7 +30,7 @@ __all__ = [
 
 MONITORS = ("auc", "f1_macro", "balanced_accuracy", "accuracy", "loss")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("constant", "cosine")
+SCHEDULERS = ("constant", "cosine", "plateau")
 AUGMENTATIONS = ("none", "basic", "strong")
 FOLD_RULE = ("With --folds K every class needs at least K patients (slides or images when there are no patient "
              "ids), so that each test fold holds every class; with --val-fraction > 0 a class of n also needs "
@@ -53,6 +53,8 @@ class TrainConfig:
     weight_decay: float = 1e-5
     optimizer: str = "adam"
     scheduler: str = "constant"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
     warmup_epochs: int = 0
     clip_grad: float = 0.0
     amp: bool = False
@@ -82,6 +84,10 @@ class TrainConfig:
             (self.weight_decay >= 0, f"--weight-decay must be non-negative, got {self.weight_decay}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.scheduler in SCHEDULERS, f"--scheduler must be one of {', '.join(SCHEDULERS)}"),
+            (0 < self.plateau_factor < 1, f"--plateau-factor must lie in (0, 1), got {self.plateau_factor}"),
+            (self.plateau_patience >= 0, f"--plateau-patience must be >= 0, got {self.plateau_patience}"),
+            (self.scheduler != "plateau" or self.val_fraction > 0,
+             "--scheduler plateau steps on the validation metric; it needs --val-fraction > 0"),
             (self.monitor in MONITORS, f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}"),
             (self.patience >= 1 and self.min_epochs >= 0, "--patience must be >= 1 and --min-epochs >= 0"),
             (self.warmup_epochs >= 0 and self.clip_grad >= 0, "--warmup-epochs and --clip-grad must be >= 0"),
@@ -155,6 +161,7 @@ class PatchTrainConfig(TrainConfig):
     group_by: str | None = None
     no_group: bool = False
     split_names: tuple[str, ...] | None = None
+    class_names: tuple[str, ...] | None = None
     batch_size: int = 32
     label_smoothing: float = 0.0
     augment: str = "basic"
@@ -188,6 +195,8 @@ class PatchTrainConfig(TrainConfig):
                 re.compile(self.group_by)
             except re.error as exc:
                 raise InputError(f"--group-by {self.group_by!r} is not a valid regular expression: {exc}") from exc
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(str(name) for name in self.class_names))
         if self.split_names is not None:
             object.__setattr__(self, "split_names", tuple(self.split_names))
             if len(self.split_names) != 3:

@@ -1,8 +1,8 @@
 """The one epoch loop of every training run: train, validate, log, keep the best epoch, save a resume point.
 
 Each epoch: the task's shuffled batches (seeded by run seed, fold and epoch, so that a resumed fold repeats the
-same order), the scheduled learning rate per step, autocast and a gradient scaler on CUDA when `amp`, gradient
-clipping when `clip_grad` > 0; then the validation predictions, one history row, TensorBoard scalars, and early
+same order), the scheduled learning rate per step (and the plateau rule per epoch), autocast and a gradient
+scaler on CUDA when `amp`, gradient clipping when `clip_grad` > 0; then the validation predictions, one history row, TensorBoard scalars, and early
 stopping on `monitor` (ties broken by the task's `tie_break`). The best epoch's weights go to `checkpoint.pt`
 (with the task's metadata) when they improve; `last.pt` holds the full state after every epoch. Without a
 validation part, or when the monitored value is never finite, the last epoch is kept.
@@ -65,7 +65,7 @@ def fit(task: Task, data: FoldData, model: nn.Module, config: TrainConfig, folde
     use_amp = config.amp and device.type == "cuda"
     model.to(device)
     optimizer = build_optimizer(model, config)
-    schedule = LRSchedule(config, task.steps_per_epoch(data))
+    schedule = LRSchedule(config, task.steps_per_epoch(data), optimizer)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     stopper = EarlyStopping(config.monitor, config.patience, config.min_epochs, tie_break=task.tie_break())
     history: list[dict[str, Any]] = []
@@ -75,6 +75,7 @@ def fit(task: Task, data: FoldData, model: nn.Module, config: TrainConfig, folde
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         stopper.load_state_dict(state["early_stopping"])
+        schedule.load_state_dict(state.get("schedule", {}))
         history = list(state["history"])
         log.info("%s: resuming after epoch %d", folder, len(history))
     trained = replicate(team, model, device)
@@ -100,6 +101,7 @@ def fit(task: Task, data: FoldData, model: nn.Module, config: TrainConfig, folde
             log_scalars(writer, "val", val, epoch)
             if stopper.step(epoch, val) and team.main:
                 _save_best(folder, model, meta, epoch, val)
+            schedule.end_epoch(epoch, val[config.monitor])
             epochs.set_postfix({f"val_{config.monitor}": f"{val[config.monitor]:.3f}"})
         row |= {"epoch_seconds": time.perf_counter() - began, "peak_memory_mb": peak_memory_mb(device)}
         writer.add_scalar("epoch_seconds", row["epoch_seconds"], epoch)
@@ -107,7 +109,7 @@ def fit(task: Task, data: FoldData, model: nn.Module, config: TrainConfig, folde
         if team.main:
             save_checkpoint(folder / LAST, {
                 "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "early_stopping": stopper.state_dict(), "history": history,
+                "early_stopping": stopper.state_dict(), "schedule": schedule.state_dict(), "history": history,
             })
             write_history(folder / "history.csv", history)
         if on_epoch is not None:

@@ -51,7 +51,7 @@ class PatchTask:
 
     def __init__(self, config: PatchTrainConfig, class_names: tuple[str, ...] | None = None) -> None:
         self.config = config
-        self.images, self.grouping, self._fixed = _read_images(config, class_names)
+        self.images, self.grouping, self._fixed = _read_images(config, class_names or config.class_names)
         self.ids = tuple(str(p) for p in self.images.paths)
         self.patients = self.grouping.patients
         self._index = {item: i for i, item in enumerate(self.ids)}
@@ -77,9 +77,15 @@ class PatchTask:
         return FoldData(split.fold, **parts)
 
     def build_model(self) -> nn.Module:
-        config = self.config
+        config, options = self.config, self._model_options()
         model = create_model(config.model, num_classes=len(self.images.class_names), weights=config.weights,
-                             **config.model_options)
+                             **options)
+        if self._data_config is None and model.data_config.input_size[0] != self.images.channels:
+            change = ("repeated to 3 channels" if self.images.channels == 1 else
+                      f"converted to {model.data_config.input_size[0]} channel(s)")
+            notice(f"the images have {self.images.channels} channel(s); they are {change} for {config.model}"
+                   + (" (pass --model-option in_chans=auto for a model built on the data's channels)"
+                      if self.images.channels == 1 else ""))
         self._data_config = model.data_config
         return model
 
@@ -143,7 +149,7 @@ class PatchTask:
                            sum(total for _, total in shares) / max(len(dataset), 1))
 
     def checkpoint_meta(self, data: FoldData) -> dict[str, Any]:
-        return {"input_px": self.config.input_px}
+        return {"input_px": self.config.input_px, "model_options": self._model_options()}
 
     def describe(self) -> dict[str, Any]:
         return {"images": len(self.images), "per_class": self.images.counts(),
@@ -167,6 +173,13 @@ class PatchTask:
         rows = [self._index[i] for i in ids]
         patients = tuple(self.patients[r] for r in rows) if self.patients else tuple(self.ids[r] for r in rows)
         return ImagePart(self.images.subset(rows), transform, patients)
+
+    def _model_options(self) -> dict[str, Any]:
+        """The model options with `in_chans=auto` made the data's channels (1 for grey arrays, else 3)."""
+        options = dict(self.config.model_options)
+        if options.get("in_chans") == "auto":
+            options["in_chans"] = self.images.channels
+        return options
 
     def _model_data_config(self):
         """The model's data config (from the last model built; one is built to read it if none was)."""
