@@ -108,6 +108,58 @@ def test_cma_mil_local_attention_sees_the_linked_ancestors(trident_sets, tmp_pat
     assert model(bag).logits.shape == (1, 2)
 
 
+def planted_trident_cohort(root, n_slides, dim=8, shift=5.0, seed=0):
+    """TRIDENT folders at 5x/10x/20x of `n_slides` slides (2 × 2 5x tiles, rows shuffled) and labels.csv; in a
+    positive slide one 5x tile and 3 of the 20x tiles under it are shifted by `shift` along fixed directions
+    (a signal planted on a parent and its children). Returns the set folders, labels.csv and the planted rows."""
+    rng = np.random.default_rng(seed)
+    direction = {m: d / np.linalg.norm(d) for m, d in (("5x", rng.standard_normal(dim)),
+                                                       ("20x", rng.standard_normal(dim)))}
+    coords = {"5x": grid(2048, 2), "10x": grid(1024, 4), "20x": grid(512, 8)}
+    under = coords["20x"] // SIZE["5x"] @ np.array([1, 2])  # the 5x row (row-major 2 × 2) above each 20x tile
+    folders, rows, planted = {}, [], {}
+    for i in range(n_slides):
+        slide, label = f"s{i:03d}", i % 2
+        features = {m: rng.standard_normal((len(c), dim)) for m, c in coords.items()}
+        if label:
+            hot = int(rng.integers(4))
+            children = rng.choice(np.flatnonzero(under == hot), 3, replace=False)
+            features["5x"][hot] += shift * direction["5x"]
+            features["20x"][children] += shift * direction["20x"]
+            planted[slide] = (coords["5x"][hot], coords["20x"][children])
+        for mag, c in coords.items():
+            order = rng.permutation(len(c))
+            folders[mag] = write_trident(root, mag, slide, c[order], features[mag][order])
+        rows.append((slide, ("negative", "positive")[label]))
+    labels = root / "labels.csv"
+    pd.DataFrame(rows, columns=["slide_id", "label"]).to_csv(labels, index=False)
+    return folders, labels, planted
+
+
+@pytest.mark.slow
+def test_linked_trident_bags_train_cma_mil_local_attention_on_a_parent_child_signal(tmp_path):
+    folders, labels, planted = planted_trident_cohort(tmp_path / "trident", 40)
+    bags = tmp_path / "bags"
+    linked = CliRunner().invoke(main, ["link", *(f"--set={m}={f}" for m, f in folders.items()), "--out", str(bags)])
+    assert linked.exit_code == 0, linked.output
+    # the planted 20x tiles hang under the planted 5x tile once linked
+    slide, (parent, children) = next(iter(planted.items()))
+    bag = read_bag(bags / f"{slide}.h5")
+    rows = [int(np.flatnonzero((bag.coords["20x"].numpy() == c).all(1))[0]) for c in children]
+    top = ancestors(bag, "20x", "5x")[rows].tolist()
+    assert [bag.coords["5x"][r].tolist() for r in top] == [parent.tolist()] * 3
+    run = tmp_path / "run"
+    args = ["train", "--features", str(bags), "--labels", str(labels), "--model", "cma_mil", "--folds", "2",
+            "--epochs", "10", "--min-epochs", "10", "--lr", "3e-3", "--standardize", "--out", str(run),
+            "--num-workers", "0", "--device", "cpu", "--no-figures", "--no-progress",
+            *(f"--model-option={o}" for o in ("cross_attention=local", "attn_weighting=exp_raw", "bag_weight=1.0",
+                                              "dim=16"))]
+    trained = CliRunner().invoke(main, args)
+    assert trained.exit_code == 0, trained.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["mean_std"]["auc"]["mean"] >= 0.9, summary["mean_std"]["auc"]
+
+
 def test_links_only_bags_reference_the_source_features(trident_sets, tmp_path):
     folders, _ = trident_sets
     out = tmp_path / "links"

@@ -32,7 +32,9 @@ class BagTask:
     def __init__(self, config: BagTrainConfig, class_names: tuple[str, ...] | None = None) -> None:
         self.config = config
         self.table: LabelTable = load_labelled_bags(config.features, config.labels, config.magnifications,
-                                                    class_names)
+                                                    class_names, config.slide_table)
+        if config.bag_by == "patient":
+            self.table = self.table.by_patient()
         self._loaders: dict[int, DataLoader] = {}
         self._eval_loaders: dict[int, DataLoader] = {}
 
@@ -99,7 +101,8 @@ class BagTask:
                 "per_class": {n: int(c) for n, c in zip(table.class_names, counts)},
                 "magnifications": list(table.magnifications), "in_dim": table.in_dim,
                 "labels_sha256": file_sha256(self.config.labels),
-                "features": feature_set_fingerprint(table.paths, table.magnifications)}
+                **({"slide_table_sha256": file_sha256(self.config.slide_table)} if self.config.slide_table else {}),
+                "features": feature_set_fingerprint(_files(table.paths), table.magnifications)}
 
     def inspect(self, model, dataset, predictions, folder, device, writer) -> dict[str, Any]:
         return {}
@@ -115,6 +118,11 @@ class BagTask:
     def _patients(self, ids: list[str]) -> tuple[str, ...]:
         patient = dict(zip(self.table.slide_ids, self.table.patients))
         return tuple(patient.get(i, i) for i in ids)
+
+
+def _files(paths: tuple) -> list:
+    """Every feature file of a table's items (a patient item holds several)."""
+    return [p for item in paths for p in (item if isinstance(item, tuple) else (item,))]
 
 
 @torch.no_grad()
