@@ -215,9 +215,46 @@ def test_stamp_coords_in_micrometres_become_level0_pixels(tmp_path):
     # 112 µm / 0.25 µm/px = 448 px; 224.5 / 0.25 = 898; 56.1 / 0.25 = 224.4 → 224
     assert tiles.coords.tolist() == [[0, 0], [448, 896], [898, 224]]
     assert tiles.tile_size_level0 == 448 and tiles.layout == "stamp" and tiles.encoder == "ctranspath"
+    assert tiles.mpp == 0.25
     with pytest.raises(InputError) as error:
         read_tiles(path)
-    assert str(error.value) == f"{path} has coords in µm (STAMP); pass --mpp, the slides' level-0 µm/px"
+    assert str(error.value) == (f"{path} has coords in µm (STAMP) and no slide_mpp attribute; pass --mpp, the "
+                                "slides' level-0 µm/px")
+    with h5py.File(path, "a") as f:
+        f.attrs["slide_mpp"] = 0.5  # a file that states its slide's level-0 µm/px needs no --mpp
+    stated = read_tiles(path)
+    assert stated.coords.tolist() == [[0, 0], [224, 448], [449, 112]] and stated.tile_size_level0 == 224
+    assert stated.mpp == 0.5 and read_tiles(path, mpp=0.25).tile_size_level0 == 448  # --mpp wins
+
+
+def write_stamp(folder, slide, coords_um, tile_size_um, dim=4):
+    """`<folder>/<slide>.h5` as STAMP writes it: `feats`, `coords` in µm, tile size in µm, no slide µm/px."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / f"{slide}.h5", "w") as f:
+        f["feats"] = np.zeros((len(coords_um), dim), np.float16)
+        f["coords"] = np.asarray(coords_um, np.float32)
+        f.attrs.update(unit="um", tile_size_um=tile_size_um, tile_size_px=224, extractor="uni2")
+    return folder
+
+
+def test_link_stamp_sets_needs_mpp_in_one_line_and_links_in_micrometres_with_it(tmp_path):
+    # 512 µm tiles at the coarse set, 256 µm at the fine one (the fine grid offset by 128 µm)
+    coarse = write_stamp(tmp_path / "c", "s1", [[0, 0], [512, 0]], 512.0)
+    fine = write_stamp(tmp_path / "f", "s1", [[128, 128], [384, 0], [640, 256], [1100, 0]], 256.0)
+    args = ["link", "--set", f"5x={coarse}", "--set", f"10x={fine}", "--out", str(tmp_path / "out")]
+    failed = CliRunner().invoke(main, args)
+    assert failed.exit_code == 1
+    assert failed.stderr.splitlines()[0] == (f"failed: s1: {coarse / 's1.h5'} has coords in µm (STAMP) and no "
+                                             "slide_mpp attribute; pass --mpp, the slides' level-0 µm/px")
+    linked = CliRunner().invoke(main, [*args, "--mpp", "0.5"])
+    assert linked.exit_code == 0, linked.output
+    coords = read_coords(tmp_path / "out" / "s1.h5")
+    # µm / 0.5 µm/px: coarse tiles of 1024 px at x 0 and 1024; fine centres at x 512, 1024 (the boundary goes to
+    # the right-hand tile), 1536 and 2456 (outside both)
+    assert coords["10x"][0].tolist() == [[256, 256], [768, 0], [1280, 512], [2200, 0]]
+    assert coords["10x"][1].tolist() == [0, 1, 1, -1]
+    with h5py.File(tmp_path / "out" / "s1.h5") as f:
+        assert f.attrs["mpp"] == 0.5 and f["10x/coords"].attrs["tile_size_level0"] == 512
 
 
 def test_clam_h5_and_pt_files_give_level0_tile_sizes(tmp_path):
