@@ -70,6 +70,7 @@ def test_patient_table_labels_every_slide_and_by_patient_concatenates_them(cohor
         assert bool(inside.all())
 
 
+@pytest.mark.slow
 def test_bag_by_patient_trains_one_bag_per_patient_and_splits_by_patient(cohort, tmp_path):
     folder, slide_table, patients = cohort
     run = tmp_path / "run"
@@ -89,6 +90,13 @@ def test_bag_by_patient_trains_one_bag_per_patient_and_splits_by_patient(cohort,
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["config"]["bag_by"] == "patient" and config["data"]["bags"] == PATIENTS
     assert "slide_table_sha256" in config["data"]
+    out = tmp_path / "evaluated"
+    evaluated = CliRunner().invoke(main, ["evaluate", str(run), "--features", str(folder), "--labels", str(patients),
+                                          "--slide-table", str(slide_table), "--bag-by", "patient", "--fold", "0",
+                                          "--out", str(out), "--num-workers", "0", "--device", "cpu"])
+    assert evaluated.exit_code == 0, evaluated.output
+    again = pd.read_csv(out / "predictions.csv")  # one fold: written straight into --out
+    assert sorted(again["id"]) == [f"P{k}" for k in range(PATIENTS)]
 
 
 def test_bag_by_patient_refuses_a_patient_with_slides_of_two_labels(cohort, tmp_path):
