@@ -11,21 +11,26 @@ were scanned, and the reverse).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cmamil.errors import InputError
 from cmamil.notices import notice
 
-__all__ = ["PATIENT_COLUMNS", "SLIDE_COLUMNS", "join_cohort", "read_slide_table"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["PATIENT_COLUMNS", "SLIDE_COLUMNS", "join_cohort", "read_slide_table", "read_table"]
 
 SLIDE_COLUMNS = ("slide_id", "FILENAME")
 PATIENT_COLUMNS = ("patient_id", "case_id", "PATIENT")
 
 
-def _column(frame, names: tuple[str, ...]) -> str | None:
+def _column(frame: pd.DataFrame, names: tuple[str, ...]) -> str | None:
     return next((name for name in names if name in frame.columns), None)
 
 
-def _read_csv(path: Path, what: str):
+def read_table(path: Path, what: str) -> pd.DataFrame:
+    """A CSV as strings (no NA guessing), column names stripped; unreadable: one line asking for `what`."""
     import pandas as pd
 
     try:
@@ -39,7 +44,7 @@ def _read_csv(path: Path, what: str):
 def read_slide_table(path: str | Path) -> dict[str, str]:
     """The patient of every slide in a slide table (slide_id,patient_id; aliases above); bad rows all at once."""
     path = Path(path)
-    frame = _read_csv(path, "slide_id,patient_id columns")
+    frame = read_table(path, "slide_id,patient_id columns")
     slide, patient = _column(frame, SLIDE_COLUMNS), _column(frame, PATIENT_COLUMNS)
     if slide is None or patient is None:
         raise InputError(f"{path} needs a slide column ({' or '.join(SLIDE_COLUMNS)}) and a patient column "
@@ -63,12 +68,12 @@ def read_slide_table(path: str | Path) -> dict[str, str]:
     return patient_of
 
 
-def join_cohort(labels: str | Path, slide_table: str | Path):
+def join_cohort(labels: str | Path, slide_table: str | Path) -> pd.DataFrame:
     """labels.csv (per slide or per patient) joined with the slide table: a frame slide_id,label,patient_id."""
     import pandas as pd
 
     labels, patient_of = Path(labels), read_slide_table(slide_table)
-    frame = _read_csv(labels, "slide_id,label or patient_id,label columns")
+    frame = read_table(labels, "slide_id,label or patient_id,label columns")
     slide, patient = _column(frame, SLIDE_COLUMNS), _column(frame, PATIENT_COLUMNS)
     if "label" not in frame.columns or (slide is None and patient is None):
         raise InputError(f"{labels} needs a label column and a slide_id or patient_id column (with --slide-table); "

@@ -2,9 +2,9 @@
 
 labels.csv has the columns `slide_id,label` and optionally `patient_id` (slides of one patient never straddle
 folds); without it, patients are read from TCGA barcodes in the slide ids (`cmamil.data.patients`), else each slide
-is its own patient. With a slide table (`cmamil.data.cohorts`), labels.csv may be a patient table instead.
-`LabelTable.by_patient` makes one bag of all a patient's slides. Class names are the distinct labels, sorted (numerically when every label is an integer); class k is
-the k-th name. Every problem is reported at once: a blank or duplicate id, a blank label, a missing or
+is its own patient. With a slide table (`cmamil.data.cohorts`), labels.csv may be a patient table instead;
+`LabelTable.by_patient` makes one bag of all a patient's slides. Class names are the distinct labels, sorted
+(numerically when every label is an integer); class k is the k-th name. Every problem is reported at once: a blank or duplicate id, a blank label, a missing or
 unreadable feature file, a bag lacking a requested magnification, a feature size that differs from the others.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cmamil.data.cohorts import join_cohort, read_table
 from cmamil.data.patients import Grouping, known_patients
 from cmamil.errors import InputError
 from cmamil.magnification import magnification_order
@@ -98,20 +99,10 @@ def _parse_labels(
     path: Path, class_names: tuple[str, ...] | None, slide_table: str | Path | None = None
 ) -> tuple[LabelTable, list[str]]:
     """The table of the well-formed rows, and one message per problem row."""
-    import pandas as pd
-
     if slide_table is not None:
-        from cmamil.data.cohorts import join_cohort
-
         frame = join_cohort(path, slide_table)
     else:
-        try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-        except (OSError, ValueError) as exc:
-            reason = str(exc).strip()
-            raise InputError(f"{path} is not a readable CSV ({reason}); give slide_id,label[,patient_id] "
-                             "columns") from exc
-        frame.columns = [c.strip() for c in frame.columns]
+        frame = read_table(path, "slide_id,label[,patient_id] columns")
     missing = [c for c in ("slide_id", "label") if c not in frame.columns]
     if missing:
         raise InputError(
