@@ -82,8 +82,9 @@ def join_cohort(labels: str | Path, slide_table: str | Path) -> pd.DataFrame:
         ids = [Path(s.strip()).stem if slide == "FILENAME" else s.strip() for s in frame[slide]]
         unknown = [s for s in ids if s and s not in patient_of]
         if unknown:
-            raise InputError(f"{labels}: {len(unknown)} slide(s) missing from {slide_table}: "
-                             f"{', '.join(unknown[:5])}{' …' if len(unknown) > 5 else ''}; add them to the slide table")
+            shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+            raise InputError(f"{labels}: {len(unknown)} slide(s) missing from {slide_table}: {shown}; add them to "
+                             "the slide table")
         return pd.DataFrame({"slide_id": ids, "label": frame["label"],
                              "patient_id": [patient_of.get(s, "") for s in ids]})
     label_of: dict[str, str] = {}

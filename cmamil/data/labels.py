@@ -4,8 +4,9 @@ labels.csv has the columns `slide_id,label` and optionally `patient_id` (slides 
 folds); without it, patients are read from TCGA barcodes in the slide ids (`cmamil.data.patients`), else each slide
 is its own patient. With a slide table (`cmamil.data.cohorts`), labels.csv may be a patient table instead;
 `LabelTable.by_patient` makes one bag of all a patient's slides. Class names are the distinct labels, sorted
-(numerically when every label is an integer); class k is the k-th name. Every problem is reported at once: a blank or duplicate id, a blank label, a missing or
-unreadable feature file, a bag lacking a requested magnification, a feature size that differs from the others.
+(numerically when every label is an integer); class k is the k-th name. Every problem is reported at once: a
+blank or duplicate id, a blank label, a missing or unreadable feature file, a bag lacking a requested
+magnification, a feature size that differs from the others.
 """
 
 from __future__ import annotations
