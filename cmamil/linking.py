@@ -168,7 +168,8 @@ def link_slide(slide_id: str, files: dict[str, Path], config: LinkConfig) -> Lin
 
 
 def _provenance(tiles: dict[str, ForeignTiles], config: LinkConfig) -> dict:
-    """Root attributes: the encoder(s), the level-0 µm/px when given, and every source file."""
+    """Root attributes: the encoder(s), the level-0 µm/px when given or stated by the files, and every source
+    file."""
     encoders = sorted({t.encoder for t in tiles.values()})
     attrs = {
         "encoder": ",".join(encoders),
@@ -177,7 +178,8 @@ def _provenance(tiles: dict[str, ForeignTiles], config: LinkConfig) -> dict:
         "sources": {mag: {"path": str(t.path.resolve()), "layout": t.layout, "encoder": t.encoder}
                     for mag, t in tiles.items()},
     }
-    return {**attrs, "mpp": config.mpp} if config.mpp is not None else attrs
+    mpp = next((t.mpp for t in tiles.values() if t.mpp is not None), None)
+    return {**attrs, "mpp": mpp} if mpp is not None else attrs
 
 
 def _coords_attrs(mag: str, tiles: ForeignTiles) -> dict:

@@ -108,6 +108,58 @@ def test_cma_mil_local_attention_sees_the_linked_ancestors(trident_sets, tmp_pat
     assert model(bag).logits.shape == (1, 2)
 
 
+def planted_trident_cohort(root, n_slides, dim=8, shift=5.0, seed=0):
+    """TRIDENT folders at 5x/10x/20x of `n_slides` slides (2 × 2 5x tiles, rows shuffled) and labels.csv; in a
+    positive slide one 5x tile and 3 of the 20x tiles under it are shifted by `shift` along fixed directions
+    (a signal planted on a parent and its children). Returns the set folders, labels.csv and the planted rows."""
+    rng = np.random.default_rng(seed)
+    direction = {m: d / np.linalg.norm(d) for m, d in (("5x", rng.standard_normal(dim)),
+                                                       ("20x", rng.standard_normal(dim)))}
+    coords = {"5x": grid(2048, 2), "10x": grid(1024, 4), "20x": grid(512, 8)}
+    under = coords["20x"] // SIZE["5x"] @ np.array([1, 2])  # the 5x row (row-major 2 × 2) above each 20x tile
+    folders, rows, planted = {}, [], {}
+    for i in range(n_slides):
+        slide, label = f"s{i:03d}", i % 2
+        features = {m: rng.standard_normal((len(c), dim)) for m, c in coords.items()}
+        if label:
+            hot = int(rng.integers(4))
+            children = rng.choice(np.flatnonzero(under == hot), 3, replace=False)
+            features["5x"][hot] += shift * direction["5x"]
+            features["20x"][children] += shift * direction["20x"]
+            planted[slide] = (coords["5x"][hot], coords["20x"][children])
+        for mag, c in coords.items():
+            order = rng.permutation(len(c))
+            folders[mag] = write_trident(root, mag, slide, c[order], features[mag][order])
+        rows.append((slide, ("negative", "positive")[label]))
+    labels = root / "labels.csv"
+    pd.DataFrame(rows, columns=["slide_id", "label"]).to_csv(labels, index=False)
+    return folders, labels, planted
+
+
+@pytest.mark.slow
+def test_linked_trident_bags_train_cma_mil_local_attention_on_a_parent_child_signal(tmp_path):
+    folders, labels, planted = planted_trident_cohort(tmp_path / "trident", 40)
+    bags = tmp_path / "bags"
+    linked = CliRunner().invoke(main, ["link", *(f"--set={m}={f}" for m, f in folders.items()), "--out", str(bags)])
+    assert linked.exit_code == 0, linked.output
+    # the planted 20x tiles hang under the planted 5x tile once linked
+    slide, (parent, children) = next(iter(planted.items()))
+    bag = read_bag(bags / f"{slide}.h5")
+    rows = [int(np.flatnonzero((bag.coords["20x"].numpy() == c).all(1))[0]) for c in children]
+    top = ancestors(bag, "20x", "5x")[rows].tolist()
+    assert [bag.coords["5x"][r].tolist() for r in top] == [parent.tolist()] * 3
+    run = tmp_path / "run"
+    args = ["train", "--features", str(bags), "--labels", str(labels), "--model", "cma_mil", "--folds", "2",
+            "--epochs", "10", "--min-epochs", "10", "--lr", "3e-3", "--standardize", "--out", str(run),
+            "--num-workers", "0", "--device", "cpu", "--no-figures", "--no-progress",
+            *(f"--model-option={o}" for o in ("cross_attention=local", "attn_weighting=exp_raw", "bag_weight=1.0",
+                                              "dim=16"))]
+    trained = CliRunner().invoke(main, args)
+    assert trained.exit_code == 0, trained.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["mean_std"]["auc"]["mean"] >= 0.9, summary["mean_std"]["auc"]
+
+
 def test_links_only_bags_reference_the_source_features(trident_sets, tmp_path):
     folders, _ = trident_sets
     out = tmp_path / "links"
@@ -163,9 +215,46 @@ def test_stamp_coords_in_micrometres_become_level0_pixels(tmp_path):
     # 112 µm / 0.25 µm/px = 448 px; 224.5 / 0.25 = 898; 56.1 / 0.25 = 224.4 → 224
     assert tiles.coords.tolist() == [[0, 0], [448, 896], [898, 224]]
     assert tiles.tile_size_level0 == 448 and tiles.layout == "stamp" and tiles.encoder == "ctranspath"
+    assert tiles.mpp == 0.25
     with pytest.raises(InputError) as error:
         read_tiles(path)
-    assert str(error.value) == f"{path} has coords in µm (STAMP); pass --mpp, the slides' level-0 µm/px"
+    assert str(error.value) == (f"{path} has coords in µm (STAMP) and no slide_mpp attribute; pass --mpp, the "
+                                "slides' level-0 µm/px")
+    with h5py.File(path, "a") as f:
+        f.attrs["slide_mpp"] = 0.5  # a file that states its slide's level-0 µm/px needs no --mpp
+    stated = read_tiles(path)
+    assert stated.coords.tolist() == [[0, 0], [224, 448], [449, 112]] and stated.tile_size_level0 == 224
+    assert stated.mpp == 0.5 and read_tiles(path, mpp=0.25).tile_size_level0 == 448  # --mpp wins
+
+
+def write_stamp(folder, slide, coords_um, tile_size_um, dim=4):
+    """`<folder>/<slide>.h5` as STAMP writes it: `feats`, `coords` in µm, tile size in µm, no slide µm/px."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / f"{slide}.h5", "w") as f:
+        f["feats"] = np.zeros((len(coords_um), dim), np.float16)
+        f["coords"] = np.asarray(coords_um, np.float32)
+        f.attrs.update(unit="um", tile_size_um=tile_size_um, tile_size_px=224, extractor="uni2")
+    return folder
+
+
+def test_link_stamp_sets_needs_mpp_in_one_line_and_links_in_micrometres_with_it(tmp_path):
+    # 512 µm tiles at the coarse set, 256 µm at the fine one (the fine grid offset by 128 µm)
+    coarse = write_stamp(tmp_path / "c", "s1", [[0, 0], [512, 0]], 512.0)
+    fine = write_stamp(tmp_path / "f", "s1", [[128, 128], [384, 0], [640, 256], [1100, 0]], 256.0)
+    args = ["link", "--set", f"5x={coarse}", "--set", f"10x={fine}", "--out", str(tmp_path / "out")]
+    failed = CliRunner().invoke(main, args)
+    assert failed.exit_code == 1
+    assert failed.stderr.splitlines()[0] == (f"failed: s1: {coarse / 's1.h5'} has coords in µm (STAMP) and no "
+                                             "slide_mpp attribute; pass --mpp, the slides' level-0 µm/px")
+    linked = CliRunner().invoke(main, [*args, "--mpp", "0.5"])
+    assert linked.exit_code == 0, linked.output
+    coords = read_coords(tmp_path / "out" / "s1.h5")
+    # µm / 0.5 µm/px: coarse tiles of 1024 px at x 0 and 1024; fine centres at x 512, 1024 (the boundary goes to
+    # the right-hand tile), 1536 and 2456 (outside both)
+    assert coords["10x"][0].tolist() == [[256, 256], [768, 0], [1280, 512], [2200, 0]]
+    assert coords["10x"][1].tolist() == [0, 1, 1, -1]
+    with h5py.File(tmp_path / "out" / "s1.h5") as f:
+        assert f.attrs["mpp"] == 0.5 and f["10x/coords"].attrs["tile_size_level0"] == 512
 
 
 def test_clam_h5_and_pt_files_give_level0_tile_sizes(tmp_path):

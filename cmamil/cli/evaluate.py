@@ -22,6 +22,10 @@ __all__ = ["evaluate"]
 @option("features", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
         help="[bag runs] Folder of per-bag feature files made with the run's encoder.")
 @option("labels", default=None, help="[bag runs] CSV with slide_id,label[,patient_id] for the bags to evaluate.")
+@option("slide_table", default=None, help="[bag runs] CSV of slide_id,patient_id: patients of the slides; --labels "
+                                        "may then be per patient (patient_id,label).")
+@option("bag_by", default="slide", show_default=True,
+        help="[bag runs] One bag per slide, or per patient (a patient's slides concatenated, parents re-indexed).")
 @click.option("--fold", type=click.IntRange(min=0), default=None, help="Evaluate this fold only [default: every fold].")
 @option("out", default=None,
         help="Evaluation folder [default: RUN/evaluate/<images name>-<split> or RUN/evaluate/<features name>].")

@@ -205,7 +205,8 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "features": (("--features",), {"type": click.Path(path_type=Path, file_okay=False),
                                    "help": "Folder of per-bag feature files from `cmamil extract` (bag training)."}),
     "labels": (("--labels",), {"type": click.Path(path_type=Path, dir_okay=False, exists=True),
-                               "help": "CSV with slide_id,label[,patient_id]; patients never straddle folds."}),
+                               "help": "CSV with slide_id,label[,patient_id] (or patient_id,label with --slide-table); "
+                                       "patients never straddle folds."}),
     "images": (("--images",), {"type": click.Path(path_type=Path),
                                "help": "Image root: training/ validation/ testing/ (or train/ val/ test/) class "
                                        "folders, or a flat class-folder tree with --folds, or a MedMNIST-style "
@@ -263,6 +264,14 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "standardize": (("--standardize/--no-standardize",), {
         "help": "Standardise each feature dimension per magnification with the mean and std of the fold's "
                 "training bags (helps un-normalised encoders, e.g. random weights)."}),
+    "slide_table": (("--slide-table",), {
+        "type": click.Path(path_type=Path, dir_okay=False, exists=True),
+        "help": "CSV of slide_id,patient_id (CLAM's case_id, STAMP's FILENAME and PATIENT columns are read too), "
+                "several slides per patient; --labels may then be a patient table (patient_id,label)."}),
+    "bag_by": (("--bag-by",), {"type": _choice("slide", "patient"),
+                               "help": "One bag per slide, or per patient: all of a patient's slides in one bag "
+                                       "(each magnification's tiles concatenated, parents re-indexed); splits, "
+                                       "metrics and predictions are then per patient."}),
     "group_by": (("--group-by",), {"help": "Regex whose first group (or named group 'patient') in a file name is "
                                             "the patient id; a patient's images never straddle splits. Without it, "
                                             "BreakHis and TCGA file names are grouped by patient automatically."}),

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from cmamil.aggregators import Bag
 from cmamil.store import bag_id_from_path, read_bag
 
-__all__ = ["BagDataset", "FeatureScaler", "bag_loader", "fit_scaler"]
+__all__ = ["BagDataset", "FeatureScaler", "bag_loader", "concat_bags", "fit_scaler", "read_item"]
 
 
 class FeatureScaler:
@@ -53,13 +53,32 @@ def fit_scaler(dataset: "BagDataset", eps: float = 1e-6) -> FeatureScaler:
     return FeatureScaler({m: v.float() for m, v in mean.items()}, {m: v.float() for m, v in std.items()})
 
 
+def concat_bags(bags: Sequence[Bag], bag_id: str) -> Bag:
+    """One bag of several (a patient's slides): each magnification's rows stacked in order, parents re-indexed
+    into the stacked coarser rows (-1 stays -1); coords stay each slide's own."""
+    mags = bags[0].magnifications
+    if any(bag.magnifications != mags for bag in bags):
+        raise ValueError(f"bag '{bag_id}': its slides have different magnifications; give each slide the same ones")
+    features = {m: torch.cat([bag.features[m] for bag in bags]) for m in mags}
+    coords = {m: torch.cat([bag.coords[m] for bag in bags]) for m in mags if all(m in bag.coords for bag in bags)}
+    parents = {}
+    for level, mag in enumerate(mags):
+        if all(mag in bag.parents for bag in bags):
+            rows = [len(bag.features[mags[level - 1]]) if level else 0 for bag in bags]
+            offsets = torch.tensor([0, *rows[:-1]]).cumsum(0)
+            parents[mag] = torch.cat([torch.where(bag.parents[mag] >= 0, bag.parents[mag] + offset, bag.parents[mag])
+                                      for bag, offset in zip(bags, offsets)])
+    return Bag(features, coords, parents, bag_id)
+
+
 class BagDataset(Dataset):
     """Item i is (bag, label tensor (1,)); a path item is read with `cmamil.store.read_bag` on access
-    (only `magnifications`, all by default); an in-memory Bag is served as it is."""
+    (only `magnifications`, all by default), a tuple of paths (a patient's slides) read and concatenated
+    (`concat_bags`); an in-memory Bag is served as it is."""
 
     def __init__(
         self,
-        items: Sequence[Path | Bag],
+        items: Sequence[Path | tuple[Path, ...] | Bag],
         labels: Sequence[int],
         magnifications: tuple[str, ...] | None = None,
         ids: Sequence[str] | None = None,
@@ -87,10 +106,17 @@ class BagDataset(Dataset):
         return item, torch.tensor([self.labels[index]])
 
     def _load(self, index: int) -> Bag:
-        item = self.items[index]
-        if not isinstance(item, Bag):
-            item = read_bag(item, self.magnifications, bag_id=self.ids[index])
+        item = read_item(self.items[index], self.magnifications, self.ids[index])
         return self.scaler(item) if self.scaler is not None else item
+
+
+def read_item(item: Path | tuple[Path, ...] | Bag, magnifications: tuple[str, ...] | None, bag_id: str) -> Bag:
+    """The bag of a dataset item: a feature file read, a patient's files read and concatenated, or the Bag given."""
+    if isinstance(item, tuple):
+        return concat_bags([read_bag(path, magnifications) for path in item], bag_id)
+    if isinstance(item, Bag):
+        return item
+    return read_bag(item, magnifications, bag_id=bag_id)
 
 
 def _item_id(item: Path | Bag) -> str:

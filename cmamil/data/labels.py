@@ -2,9 +2,11 @@
 
 labels.csv has the columns `slide_id,label` and optionally `patient_id` (slides of one patient never straddle
 folds); without it, patients are read from TCGA barcodes in the slide ids (`cmamil.data.patients`), else each slide
-is its own patient. Class names are the distinct labels, sorted (numerically when every label is an integer); class k is
-the k-th name. Every problem is reported at once: a blank or duplicate id, a blank label, a missing or
-unreadable feature file, a bag lacking a requested magnification, a feature size that differs from the others.
+is its own patient. With a slide table (`cmamil.data.cohorts`), labels.csv may be a patient table instead;
+`LabelTable.by_patient` makes one bag of all a patient's slides. Class names are the distinct labels, sorted
+(numerically when every label is an integer); class k is the k-th name. Every problem is reported at once: a
+blank or duplicate id, a blank label, a missing or unreadable feature file, a bag lacking a requested
+magnification, a feature size that differs from the others.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cmamil.data.cohorts import join_cohort, read_table
 from cmamil.data.patients import Grouping, known_patients
 from cmamil.errors import InputError
 from cmamil.magnification import magnification_order
+from cmamil.notices import notice
 
 __all__ = ["LabelTable", "load_labelled_bags", "read_labels"]
 
@@ -31,6 +35,7 @@ class LabelTable:
     magnifications: tuple[str, ...] = ()
     in_dim: int = 0
     patient_source: str = "the patient_id column"
+    item: str = "slide"
 
     def __post_init__(self) -> None:
         n = len(self.slide_ids)
@@ -45,7 +50,27 @@ class LabelTable:
     @property
     def grouping(self) -> Grouping:
         """How splits group the slides: by patient (and where patients came from), or per slide."""
-        return Grouping(self.patients if self.has_patients else None, self.patient_source)
+        return Grouping(self.patients if self.has_patients else None, self.patient_source, self.item)
+
+    def by_patient(self) -> LabelTable:
+        """One item per patient, its feature files all its slides (in table order); one label per patient."""
+        rows: dict[str, list[int]] = {}
+        for row, patient in enumerate(self.patients):
+            rows.setdefault(patient, []).append(row)
+        mixed = [f"{p} ({', '.join(f'{self.slide_ids[r]}: {self.class_names[self.labels[r]]}' for r in rs)})"
+                 for p, rs in rows.items() if len({self.labels[r] for r in rs}) > 1]
+        if mixed:
+            raise InputError(f"--bag-by patient needs one label per patient; {len(mixed)} patient(s) have slides of "
+                             f"different labels: {'; '.join(mixed[:3])}")
+        if not self.has_patients:
+            notice(f"--bag-by patient: {self.patient_source}; each slide is its own bag")
+        ids = tuple(rows)
+        return LabelTable(
+            ids, tuple(self.labels[rs[0]] for rs in rows.values()), ids, self.class_names,
+            tuple(tuple(self.paths[r] for r in rs) for rs in rows.values()) if self.paths else (),
+            self.magnifications, self.in_dim,
+            f"--bag-by patient: one bag of each patient's slides ({len(self.slide_ids)} slides)", "patient",
+        )
 
     def index(self) -> dict[str, int]:
         """Row of each slide id."""
@@ -59,26 +84,26 @@ def _class_order(names: set[str]) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def read_labels(path: str | Path, class_names: tuple[str, ...] | None = None) -> LabelTable:
+def read_labels(
+    path: str | Path, class_names: tuple[str, ...] | None = None, slide_table: str | Path | None = None
+) -> LabelTable:
     """Read labels.csv (slide_id, label[, patient_id]) into a LabelTable without feature files; every bad row at once.
 
     With `class_names` (e.g. those of a run being resumed) a label outside them is an error; otherwise the
-    classes are the distinct labels."""
-    table, problems = _parse_labels(Path(path), class_names)
+    classes are the distinct labels. With `slide_table`, patients come from it (and labels may be per patient)."""
+    table, problems = _parse_labels(Path(path), class_names, slide_table)
     _raise_problems(Path(path), problems)
     return table
 
 
-def _parse_labels(path: Path, class_names: tuple[str, ...] | None) -> tuple[LabelTable, list[str]]:
+def _parse_labels(
+    path: Path, class_names: tuple[str, ...] | None, slide_table: str | Path | None = None
+) -> tuple[LabelTable, list[str]]:
     """The table of the well-formed rows, and one message per problem row."""
-    import pandas as pd
-
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (OSError, ValueError) as exc:
-        reason = str(exc).strip()
-        raise InputError(f"{path} is not a readable CSV ({reason}); give slide_id,label[,patient_id] columns") from exc
-    frame.columns = [c.strip() for c in frame.columns]
+    if slide_table is not None:
+        frame = join_cohort(path, slide_table)
+    else:
+        frame = read_table(path, "slide_id,label[,patient_id] columns")
     missing = [c for c in ("slide_id", "label") if c not in frame.columns]
     if missing:
         raise InputError(
@@ -107,7 +132,7 @@ def _parse_labels(path: Path, class_names: tuple[str, ...] | None) -> tuple[Labe
         seen.setdefault(slide, line)
         if not any(bad):
             rows.append((slide, label, patient))
-    source = "the patient_id column"
+    source = f"the slide table {Path(slide_table).name}" if slide_table is not None else "the patient_id column"
     if not has_patients:
         found = known_patients([r[0] for r in rows])
         if found is not None and found[0] == "TCGA":
@@ -132,12 +157,13 @@ def load_labelled_bags(
     labels: str | Path,
     magnifications: tuple[str, ...] | None = None,
     class_names: tuple[str, ...] | None = None,
+    slide_table: str | Path | None = None,
 ) -> LabelTable:
     """labels.csv matched to the feature files in `features`, every bag checked for `magnifications` (default:
     those of the first bag) and one common feature size; all problems are reported in one error."""
     from cmamil.store import bag_id_from_path, bag_info, list_bags
 
-    table, problems = _parse_labels(Path(labels), class_names)
+    table, problems = _parse_labels(Path(labels), class_names, slide_table)
     if not Path(features).is_dir():
         raise InputError(f"feature folder {features} does not exist")
     files = {bag_id_from_path(path): path for path in list_bags(features)}

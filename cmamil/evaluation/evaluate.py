@@ -36,6 +36,8 @@ class EvaluateConfig:
     split: str = "testing"
     features: Path | None = None
     labels: Path | None = None
+    slide_table: Path | None = None
+    bag_by: str = "slide"
     fold: int | None = None
     out: Path | None = None
     batch_size: int = 32
@@ -50,6 +52,8 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.explain < 0 or self.embeddings < 0:
             raise InputError("--batch-size must be at least 1 and --explain/--embeddings non-negative")
+        if self.bag_by not in ("slide", "patient"):
+            raise InputError(f"--bag-by must be slide or patient, got {self.bag_by!r}")
 
     @property
     def out_folder(self) -> Path:
@@ -139,7 +143,9 @@ def _data(trained: TrainedModel, config: EvaluateConfig) -> Any:
     from cmamil.data.labels import load_labelled_bags
 
     table = load_labelled_bags(config.features, config.labels, tuple(trained.meta["magnifications"]),
-                               trained.class_names)
+                               trained.class_names, config.slide_table)
+    if config.bag_by == "patient":
+        table = table.by_patient()
     if table.in_dim != trained.meta["in_dim"]:
         raise InputError(f"{config.features} holds {table.in_dim}-d features but the run was trained on "
                          f"{trained.meta['in_dim']}-d ones; extract them with the run's encoder")

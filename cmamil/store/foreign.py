@@ -8,7 +8,8 @@
 | STAMP | `feats` | `coords` in µm (`attrs["unit"] == "um"` or `tile_size_um`) | `attrs["tile_size_um"]` / mpp |
 | MoPaDi | `feats` or `features` | `coords` when present (else no geometry) | given |
 
-A tile size given by the caller overrides the file's. µm coords need the slide's level-0 µm/px (`mpp`).
+A tile size given by the caller overrides the file's. µm coords need the slide's level-0 µm/px: the caller's `mpp`,
+else the file's root attribute `slide_mpp` (or `mpp`); STAMP itself stores neither, so its files need `--mpp`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class ForeignTiles:
     tile_size_level0: int | None
     magnification: str | None
     encoder: str
+    mpp: float | None = None
 
     def feature_blocks(self, rows: int = _BLOCK_ROWS) -> Iterator[np.ndarray]:
         """The (N, D) features in row order, a block of `rows` at a time (a .pt tensor is loaded whole)."""
@@ -66,7 +68,7 @@ def read_tiles(path: str | Path, *, mpp: float | None = None, tile_size_level0: 
     if path.suffix == ".pt":
         coords_file = _pt_coords_file(path)
         with h5py.File(coords_file, "r") as handle:
-            coords, size, layout, stated = _geometry(handle, coords_file, mpp, tile_size_level0)
+            coords, size, layout, stated, mpp = _geometry(handle, coords_file, mpp, tile_size_level0)
         shape, features_key, layout, encoder = _load_pt(path).shape, None, f"{layout} (pt)", _folder_encoder(path)
     else:
         with h5py.File(path, "r") as handle:
@@ -74,7 +76,7 @@ def read_tiles(path: str | Path, *, mpp: float | None = None, tile_size_level0: 
             if features_key is None:
                 raise unknown_layout(path, handle)
             shape = tuple(handle[features_key].shape)
-            coords, size, layout, stated = _geometry(handle, path, mpp, tile_size_level0)
+            coords, size, layout, stated, mpp = _geometry(handle, path, mpp, tile_size_level0)
             encoder = _encoder(handle, path)
     shape = tuple(shape)
     shape = shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
@@ -89,6 +91,7 @@ def read_tiles(path: str | Path, *, mpp: float | None = None, tile_size_level0: 
         tile_size_level0=size,
         magnification=stated,
         encoder=encoder,
+        mpp=mpp,
     )
 
 
@@ -109,8 +112,9 @@ def unknown_layout(path: Path, root: Any) -> InputError:
 
 def _geometry(
     handle: Any, path: Path, mpp: float | None, given_size: int | None
-) -> tuple[np.ndarray, int | None, str, str | None]:
-    """Level-0 pixel coords, tile size, layout name and stated magnification of an HDF5 file's `coords`."""
+) -> tuple[np.ndarray, int | None, str, str | None, float | None]:
+    """Level-0 pixel coords, tile size, layout name, stated magnification and level-0 µm/px (given, or stated by
+    the file; None when unknown) of an HDF5 file's `coords`."""
     node = handle.get("coords")
     if node is None:
         raise InputError(f"{path} has no coords (it holds: {', '.join(sorted(handle.keys()))}); tiles without "
@@ -120,12 +124,15 @@ def _geometry(
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise InputError(f"{path}: coords have shape {coords.shape}, expected (N, 2)")
     root, attrs = decode_attrs(handle.attrs), decode_attrs(node.attrs)
+    stated_mpp = next((float(root[k]) for k in ("slide_mpp", "mpp") if root.get(k) is not None), None)
+    mpp = mpp or stated_mpp
     if root.get("unit") == "um" or "tile_size_um" in root:
         if mpp is None:
-            raise InputError(f"{path} has coords in µm (STAMP); pass --mpp, the slides' level-0 µm/px")
+            raise InputError(f"{path} has coords in µm (STAMP) and no slide_mpp attribute; pass --mpp, the slides' "
+                             "level-0 µm/px")
         size_um = root.get("tile_size_um")
         size = given_size or (round(float(size_um) / mpp) if size_um is not None else None)
-        return np.rint(coords / mpp).astype(np.int64), size, "stamp", None
+        return np.rint(coords / mpp).astype(np.int64), size, "stamp", None, mpp
     if "patch_size_level0" in attrs:
         size, layout = int(attrs["patch_size_level0"]), "trident"
     elif "patch_size" in attrs and ("downsample" in attrs or int(attrs.get("patch_level", -1)) == 0):
@@ -133,7 +140,7 @@ def _geometry(
         size, layout = round(int(attrs["patch_size"]) * float(downsample)), "clam"
     else:
         size, layout = None, "features+coords"
-    return np.asarray(coords).astype(np.int64), given_size or size, layout, stated_magnification(node)
+    return np.asarray(coords).astype(np.int64), given_size or size, layout, stated_magnification(node), mpp
 
 
 def _encoder(handle: Any, path: Path) -> str:

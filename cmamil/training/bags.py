@@ -18,10 +18,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cmamil.aggregators import Bag, aggregator_loss, create_aggregator, forward_bag
-from cmamil.data.bags import BagDataset, FeatureScaler, bag_loader, fit_scaler
+from cmamil.data.bags import BagDataset, FeatureScaler, bag_loader, fit_scaler, read_item
 from cmamil.data.labels import LabelTable, load_labelled_bags
 from cmamil.data.provenance import feature_set_fingerprint, file_sha256
-from cmamil.store import read_bag
 from cmamil.training.config import BagTrainConfig
 from cmamil.training.predictions import Predictions
 from cmamil.training.splits import Split, load_splits
@@ -40,10 +39,12 @@ class BagTask:
     def __init__(self, config: BagTrainConfig, class_names: tuple[str, ...] | None = None) -> None:
         self.config = config
         self.table: LabelTable = load_labelled_bags(config.features, config.labels, config.magnifications,
-                                                    class_names)
+                                                    class_names, config.slide_table)
+        if config.bag_by == "patient":
+            self.table = self.table.by_patient()
         self._loaders: dict[int, DataLoader] = {}
         self._eval_loaders: dict[int, DataLoader] = {}
-        self._cache: dict[Path, Bag] | None = {} if _fits_in_memory(self.table.paths) else None
+        self._cache: dict[Path | tuple[Path, ...], Bag] | None = {} if _fits_in_memory(self.table.paths) else None
 
     def items(self) -> Items:
         table = self.table
@@ -69,13 +70,13 @@ class BagTask:
                 dataset.preload()
         return FoldData(split.fold, **parts)
 
-    def _bag(self, path: Path, bag_id: str) -> Path | Bag:
-        """The bag itself when the cohort is cached (read on first use), else its path for reading on access."""
+    def _bag(self, item: Path | tuple[Path, ...], bag_id: str) -> Path | tuple[Path, ...] | Bag:
+        """The bag itself when the cohort is cached (read on first use), else its file(s) for reading on access."""
         if self._cache is None:
-            return path
-        if path not in self._cache:
-            self._cache[path] = read_bag(path, self.table.magnifications, bag_id=bag_id)
-        return self._cache[path]
+            return item
+        if item not in self._cache:
+            self._cache[item] = read_item(item, self.table.magnifications, bag_id)
+        return self._cache[item]
 
     def build_model(self) -> nn.Module:
         table = self.table
@@ -120,7 +121,8 @@ class BagTask:
                 "per_class": {n: int(c) for n, c in zip(table.class_names, counts)},
                 "magnifications": list(table.magnifications), "in_dim": table.in_dim,
                 "labels_sha256": file_sha256(self.config.labels),
-                "features": feature_set_fingerprint(table.paths, table.magnifications)}
+                **({"slide_table_sha256": file_sha256(self.config.slide_table)} if self.config.slide_table else {}),
+                "features": feature_set_fingerprint(_files(table.paths), table.magnifications)}
 
     def inspect(self, model, dataset, predictions, folder, device, writer) -> dict[str, Any]:
         return {}
@@ -138,13 +140,18 @@ class BagTask:
         return tuple(patient.get(i, i) for i in ids)
 
 
-def _fits_in_memory(paths: list[Path]) -> bool:
+def _fits_in_memory(paths: tuple) -> bool:
     """Whether the bags of these feature files (h5 files, or zarr folders) fit under `CACHE_BYTES` in memory."""
     total = 0
-    for path in paths:
+    for path in _files(paths):
         files = path.rglob("*") if path.is_dir() else [path]
         total += sum(f.stat().st_size for f in files if f.is_file())
     return 4 * total < CACHE_BYTES
+
+
+def _files(paths: tuple) -> list:
+    """Every feature file of a table's items (a patient item holds several)."""
+    return [p for item in paths for p in (item if isinstance(item, tuple) else (item,))]
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ MONITORS = ("auc", "f1_macro", "balanced_accuracy", "accuracy", "loss")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine", "plateau")
 AUGMENTATIONS = ("none", "basic", "strong")
+BAG_BY = ("slide", "patient")
 FOLD_RULE = ("With --folds K every class needs at least K patients (slides or images when there are no patient "
              "ids), so that each test fold holds every class; with --val-fraction > 0 a class of n also needs "
              "n − ⌈n/K⌉ ≥ 2, so that each fold's training part can give validation one (4 for --folds 2).")
@@ -127,17 +128,21 @@ class BagTrainConfig(TrainConfig):
     magnifications: tuple[str, ...] | None = None
     splits: Path | None = None
     standardize: bool = False
+    slide_table: Path | None = None
+    bag_by: str = "slide"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.folds is None:
             raise InputError("bag training needs --folds (k-fold cross-validation)")
+        if self.bag_by not in BAG_BY:
+            raise InputError(f"--bag-by must be one of {', '.join(BAG_BY)}, got {self.bag_by!r}")
         if self.magnifications is not None:
             object.__setattr__(self, "magnifications", tuple(self.magnifications))
 
     @classmethod
     def _path_fields(cls) -> tuple[str, ...]:
-        return ("features", "labels", "splits")
+        return ("features", "labels", "splits", "slide_table")
 
 
 @dataclass(frozen=True, kw_only=True)
