@@ -6,6 +6,7 @@ Every message says what is wrong, where, and what to do; the CLI prints it as on
 __all__ = [
     "CmamilError",
     "InputError",
+    "LockError",
     "OutputError",
     "PluginError",
     "TrainingError",
@@ -19,6 +20,10 @@ class CmamilError(Exception):
 
 class InputError(CmamilError):
     """A file, folder, option or table given by the user cannot be used."""
+
+
+class LockError(CmamilError):
+    """Another process held a lock for longer than one was willing to wait."""
 
 
 class OutputError(CmamilError):

@@ -25,7 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["STALE_AFTER", "Lock", "LockOwner", "lock_owner", "try_lock"]
+from cmamil.errors import LockError
+
+__all__ = ["STALE_AFTER", "Lock", "LockOwner", "hold_lock", "lock_owner", "try_lock"]
 
 STALE_AFTER = 1800.0  # seconds without a heartbeat after which a lock of another host is taken over
 HOST = socket.gethostname()
@@ -97,6 +99,20 @@ def try_lock(path: str | Path, *, stale_after: float = STALE_AFTER) -> Lock | No
         if not _break_if_stale(path, stale_after):
             return None
     return None
+
+
+def hold_lock(path: str | Path, *, timeout: float = 120.0, stale_after: float = STALE_AFTER) -> Lock:
+    """Wait (polling) until the lock file `path` is taken; for short critical sections such as a manifest merge."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lock = try_lock(path, stale_after=stale_after)
+        if lock is not None:
+            return lock
+        if time.monotonic() > deadline:
+            owner = lock_owner(path)
+            held = f" by {owner.describe()}" if owner else ""
+            raise LockError(f"{path} is held{held} for over {timeout:.0f} s; if no such process runs, delete it")
+        time.sleep(0.05)
 
 
 def _create(path: Path) -> LockOwner | None:

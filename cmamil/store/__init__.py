@@ -39,7 +39,7 @@ from cmamil.store._format import (
 )
 from cmamil.store.listing import is_complete, list_bags
 from cmamil.store.reader import BagInfo, bag_info, read_bag, read_coords
-from cmamil.store.writer import BagWriter
+from cmamil.store.writer import BagWriter, remove_temporaries
 
 __all__ = [
     "FOREIGN_MAGNIFICATION",
@@ -55,5 +55,6 @@ __all__ = [
     "list_bags",
     "read_bag",
     "read_coords",
+    "remove_temporaries",
     "storage_format",
 ]

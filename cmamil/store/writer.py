@@ -28,7 +28,7 @@ from cmamil.store._attrs import encode_attrs
 from cmamil.store._format import FORMAT, FORMAT_VERSION, bag_id_from_path, storage_format
 from cmamil.store._sinks import H5Sink, ZarrSink
 
-__all__ = ["BagWriter"]
+__all__ = ["BagWriter", "remove_temporaries"]
 
 _RESERVED = frozenset({"format", "format_version", "bag_id", "finest", "has_features", "json_attrs"})
 _FEATURE_DTYPES = ("float32", "float16")
@@ -282,3 +282,16 @@ class BagWriter:
         else:
             with contextlib.suppress(OSError):
                 self._tmp.unlink()
+
+
+def remove_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files a killed writer of `path` left beside it (call it while holding `path`'s lock,
+    so that no live writer's file is taken); returns what was removed."""
+    path = Path(path)
+    removed = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for tmp in removed:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    return removed
