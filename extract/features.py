@@ -166,7 +166,7 @@ def extract_slides(
     if not sources:
         raise InputError("no slides given (slide files, folders or a CSV with a path column)")
     jobs = [
-        BagJob(s.slide_id, s.path, _slide_planner(s, out, config), tiling_settings(_tiling(s, config)))
+        BagJob(s.slide_id, s.path, _slide_planner(s, out, config), tiling_settings(config.tiling, s.mpp))
         for s in sources
     ]
     return extract_bags(jobs, out, config, config.tiling.names, debug=debug)

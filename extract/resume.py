@@ -2,7 +2,7 @@
 
 Every feature file carries `extract_settings` (everything that determines its feature values: encoder, weights
 sha256 or the seed of random weights, model options, input size, precision, stored dtype, and the tiling:
-magnifications, tile size, tissue settings, --mpp) and `fingerprint`, their sha256. A rerun skips a bag only
+magnifications, tile size, tissue settings, --mpp, a slide table's mpp) and `fingerprint`, their sha256. A rerun skips a bag only
 when its file's fingerprint equals the one this run would write; an output folder holding feature files of
 other settings is refused before any work, so a folder never mixes two feature spaces.
 """
@@ -21,7 +21,7 @@ from cmamil.store import bag_info, is_complete, list_bags
 
 __all__ = ["BagSettings", "check_folder", "finished_counts", "tiling_settings"]
 
-PER_BAG = ("mpp",)  # settings that may differ between the bags of one run (a slide table's mpp column)
+PER_BAG = ("slide_mpp",)  # settings that may differ between the bags of one run (a slide table's mpp column)
 
 
 class BagSettings:
@@ -37,9 +37,10 @@ class BagSettings:
         return {"extract_settings": self.settings, "fingerprint": self.fingerprint}
 
 
-def tiling_settings(tiling: TilingConfig) -> dict[str, Any]:
-    """The tiling part of a slide bag's settings."""
+def tiling_settings(tiling: TilingConfig, slide_mpp: float | None = None) -> dict[str, Any]:
+    """The tiling part of a slide bag's settings (`slide_mpp`: the slide table's mpp for this slide)."""
     return {
+        "slide_mpp": slide_mpp,
         "magnifications": list(tiling.names),
         "tile_px": tiling.tile_px,
         "min_tissue": list(tiling.min_tissue),

@@ -3,7 +3,8 @@
 It serves every kind of model: a `BagTrainConfig` trains an aggregator on feature files, a
 `PatchTrainConfig` a patch classifier on image folders; they differ only in their task (data, model, step).
 A finished fold is skipped on rerun, an interrupted one resumes from its last epoch, and a run folder made
-with other options is refused unless `overwrite`.
+with other options is refused unless `overwrite`. Each fold trains under its lock file, so processes started
+on one run folder share the folds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cmamil.data.patients import check_patients_apart
 from cmamil.environment import resolve_device, seed_everything
 from cmamil.errors import InputError
 from cmamil.evaluation.metrics import HEADLINE
+from cmamil.locks import try_lock
 from cmamil.notices import notice
 from cmamil.training.config import TrainConfig
 from cmamil.training.loop import LAST, fit
@@ -62,7 +64,13 @@ def run_training(config: TrainConfig,
         if run.fold_finished(split.fold) and not config.overwrite:
             log.info("fold %d is finished; skipping it", split.fold)
             continue
-        train_fold(config, task, split, run, items.class_names, on_epoch)
+        lock = try_lock(run.root / f".fold_{split.fold}.lock")
+        if lock is None:  # another process (a SLURM array task, another machine) trains this fold
+            notice(f"fold {split.fold} is being trained by another process; skipping it here")
+            continue
+        with lock:
+            if not run.fold_finished(split.fold) or config.overwrite:
+                train_fold(config, task, split, run, items.class_names, on_epoch)
     summary = summarize_run(run.root)
     if config.figures:
         from cmamil.evaluation.report import write_figures
