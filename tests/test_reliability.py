@@ -288,3 +288,12 @@ def test_tissue_changes_are_refused_for_tile_and_extract_with_coords(cohort, tmp
     assert refused.exit_code == 1
     assert "was tiled with tissue settings method 'saturation'; extract with the same options" in \
         manifest(out / "extract_manifest.csv")["a"]["error"]
+
+
+def test_a_label_row_with_a_path_for_an_id_is_an_invalid_slide_id(tmp_path):
+    from cmamil.data.labels import read_labels
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("slide_id,label\n../s1,a\ns2,b\ns3,a\n")
+    with pytest.raises(InputError, match=r"line 2 \(../s1\): invalid slide id '../s1'"):
+        read_labels(labels)
