@@ -2,9 +2,10 @@
 
 Every feature file carries `extract_settings` (everything that determines its feature values: encoder, weights
 sha256 or the seed of random weights, model options, input size, precision, stored dtype, and the tiling:
-magnifications, tile size, tissue settings, --mpp, a slide table's mpp) and `fingerprint`, their sha256. A rerun skips a bag only
-when its file's fingerprint equals the one this run would write; an output folder holding feature files of
-other settings is refused before any work, so a folder never mixes two feature spaces.
+magnifications, tile size, tissue settings, --mpp, a slide table's mpp) and `fingerprint`, their sha256.
+A rerun skips a bag only when its file's fingerprint equals the one this run would write; an output folder
+holding feature files of other settings is refused before any work, so a folder never mixes two feature
+spaces.
 """
 
 from __future__ import annotations

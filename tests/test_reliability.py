@@ -5,6 +5,7 @@ settings, manifests merged by slide id, bad output places and weights files, per
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import resource
 import signal
@@ -275,7 +276,8 @@ def test_slide_table_mpp_is_honoured_and_ids_are_checked(cohort, tmp_path):
 
 def test_tissue_changes_are_refused_for_tile_and_extract_with_coords(cohort, tmp_path):
     tiles = tmp_path / "tiles"
-    assert CliRunner().invoke(main, ["tile", str(cohort / "a.tiff"), "--out", str(tiles), "--tile-px", "32"]).exit_code == 0
+    first = CliRunner().invoke(main, ["tile", str(cohort / "a.tiff"), "--out", str(tiles), "--tile-px", "32"])
+    assert first.exit_code == 0
     again = CliRunner().invoke(main, ["tile", str(cohort / "a.tiff"), "--out", str(tiles), "--tile-px", "32",
                                       "--tissue", "fluorescence"])
     assert again.exit_code == 1
@@ -297,3 +299,36 @@ def test_a_label_row_with_a_path_for_an_id_is_an_invalid_slide_id(tmp_path):
     labels.write_text("slide_id,label\n../s1,a\ns2,b\ns3,a\n")
     with pytest.raises(InputError, match=r"line 2 \(../s1\): invalid slide id '../s1'"):
         read_labels(labels)
+
+
+def test_a_fold_locked_by_a_live_process_is_left_to_it_and_taken_over_once_it_dies(planted_files, tmp_path, caplog):
+    from cmamil.training.config import BagTrainConfig
+    from cmamil.training.runner import run_training
+
+    folder, labels = planted_files
+    run = tmp_path / "run"
+    config = BagTrainConfig(model="abmil", features=folder, labels=labels, out=run, folds=2, epochs=1,
+                            val_fraction=0.5, min_epochs=0, model_options={"dim": 8, "attn_dim": 4}, device="cpu",
+                            num_workers=0, progress=False, figures=False)
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from cmamil.locks import try_lock; lock = try_lock(sys.argv[1]); "
+        "print('held' if lock else 'busy', flush=True); time.sleep(60)"), str(run / ".fold_0.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        notices = logging.getLogger("cmamil.notice")
+        notices.addHandler(caplog.handler)  # the command line stops notices propagating to the root logger
+        try:
+            with caplog.at_level("INFO", logger="cmamil.notice"):
+                summary = run_training(config)
+        finally:
+            notices.removeHandler(caplog.handler)
+        assert [f["fold"] for f in summary["folds"]] == [1]  # fold 0 is the other process's
+        assert "fold 0 is being trained by another process; skipping it here" in caplog.text
+        assert not (run / "fold_0" / "metrics.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = run_training(config)  # its owner died: the lock is taken over and fold 0 trained
+    assert [f["fold"] for f in summary["folds"]] == [0, 1] and leftovers(run) == []
