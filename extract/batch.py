@@ -115,9 +115,11 @@ def write_manifest(path: str | Path, results: Sequence[SlideResult], magnificati
 
     A 'skipped' slide keeps the row of the run that made it; 'busy' slides are another process's to record."""
     from cmamil.locks import hold_lock
+    from cmamil.store import remove_temporaries
 
     path = Path(path)
     with hold_lock(path.with_name(f".{path.name}.lock")):
+        remove_temporaries(path)  # a killed writer's: only the lock holder writes the manifest
         header, rows = _read_manifest(path)
         counts = [f"tiles_{m}" for m in magnifications]
         header = [*MANIFEST_FIXED, *dict.fromkeys([*header[len(MANIFEST_FIXED):-2], *counts]), "seconds", "error"]

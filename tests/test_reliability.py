@@ -225,6 +225,7 @@ def test_leftover_temporary_files_of_a_killed_run_are_removed(cohort, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / ".a.h5.99999-0badf00d.tmp").write_bytes(b"partial")
+    (out / ".extract_manifest.csv.99999.tmp").write_text("slide_id,path")
     (out / ".a.h5.lock").write_text('{"pid": 999999, "host": "%s", "time": 0}' % os.uname().nodename)
     result = CliRunner().invoke(main, ["extract", str(cohort / "a.tiff"), "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
