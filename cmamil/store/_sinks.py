@@ -9,6 +9,7 @@ exception raised inside one of its I/O callbacks would leave it just as inconsis
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from collections.abc import Mapping
@@ -50,16 +51,19 @@ class _GuardedFile(io.RawIOBase):
         return self._file.tell()
 
     def write(self, data: Any) -> int:
-        size = memoryview(data).nbytes
+        view = memoryview(data).cast("B")
         if self.error is None:
+            start, done = self._file.tell(), 0
             try:
-                written = self._file.write(data)
-                if written == size:
-                    return size
-                self._file.seek(size - written, os.SEEK_CUR)
+                while done < len(view):  # a short write is retried, to learn the system's reason
+                    written = self._file.write(view[done:])
+                    if not written:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    done += written
             except OSError as exc:
                 self.error = exc
-        return size
+                self._file.seek(start + len(view))
+        return len(view)
 
     def truncate(self, size: int | None = None) -> int:
         if self.error is None:
