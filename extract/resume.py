@@ -86,11 +86,21 @@ def finished_counts(out_file: Path, settings: BagSettings) -> dict[str, int] | N
 
 
 def describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    """'encoder_weights: random → 3fa2…, tile_px: 224 → 256' for the keys whose values differ."""
+    """'encoder_weights: random → 3fa2…, tissue.threshold: null → 0.3' for the (nested) keys whose values differ."""
+
+    def flat(settings: Mapping[str, Any]) -> dict[str, Any]:
+        items: dict[str, Any] = {}
+        for key, value in settings.items():
+            if isinstance(value, Mapping) and value:
+                items.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                items[key] = value
+        return items
 
     def short(value: Any) -> str:
         text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
         return text if len(text) <= 24 else text[:12] + "…"
 
+    old, new = flat(old), flat(new)
     keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
     return ", ".join(f"{k}: {short(old.get(k))} → {short(new.get(k))}" for k in keys) or "unknown"

@@ -116,7 +116,7 @@ def test_random_weights_are_seeded_and_reruns_with_other_settings_are_refused(co
         ("--features-dtype", "float16"): "features_dtype: float32 → float16",
         ("--input-px", "48"): "input_px: null → 48",
         ("--magnifications", "10,20"): "magnifications: ",
-        ("--tissue", "fluorescence"): "tissue: ",
+        ("--tissue", "fluorescence"): "tissue.method: saturation → fluorescence",
         ("--mpp", "0.4"): "mpp: null → 0.4",
     }
     for change, said in changes.items():
