@@ -21,6 +21,7 @@ from cmamil.extract.qc import write_qc
 from cmamil.extract.reader import open_slide
 from cmamil.extract.resolution import resolve_mpp
 from cmamil.extract.tissue import find_tissue
+from cmamil.interrupt import Interrupted
 from cmamil.locks import try_lock
 
 __all__ = ["tile_slide", "tile_slides"]
@@ -84,6 +85,10 @@ def tile_slides(
                 qc_file = out / "qc" / f"{slide.slide_id}.png" if qc else None
                 grid = tile_slide(slide.path, out_file, qc_file, tiling, overwrite=overwrite)
             yield SlideResult(slide.slide_id, slide.path, "done", grid.counts, time.perf_counter() - start)
+        except Interrupted as exc:  # recorded, then the interruption goes on (the caller writes the manifest)
+            yield SlideResult(slide.slide_id, slide.path, "failed", {}, time.perf_counter() - start,
+                              f"{exc}; rerun to tile it")
+            raise
         except Exception as exc:
             if debug and not isinstance(exc, CmamilError):
                 raise

@@ -333,3 +333,26 @@ def test_a_fold_locked_by_a_live_process_is_left_to_it_and_taken_over_once_it_di
         holder.wait()
     summary = run_training(config)  # its owner died: the lock is taken over and fold 0 trained
     assert [f["fold"] for f in summary["folds"]] == [0, 1] and leftovers(run) == []
+
+
+def test_tile_interrupted_by_sigterm_records_the_slide_and_exits_143(cohort, tmp_path, monkeypatch):
+    import cmamil.extract.tiling as tiling
+
+    write_qc = tiling.write_qc
+
+    def signalled(*args, **kwargs):  # a real SIGTERM, delivered while the second slide is being tiled
+        write_qc(*args, **kwargs)
+        if args[0].stem == "b":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+
+    monkeypatch.setattr(tiling, "write_qc", signalled)
+    out = tmp_path / "tiles"
+    result = CliRunner().invoke(main, ["tile", str(cohort / "a.tiff"), str(cohort / "b.tiff"), str(cohort / "c.tiff"),
+                                       "--out", str(out), "--tile-px", "32"])
+    assert result.exit_code == 143
+    assert result.stderr.splitlines()[-1].startswith("Error: interrupted by SIGTERM")
+    rows = manifest(out / "tile_manifest.csv")
+    assert rows["a"]["status"] == "done" and rows["b"]["error"] == "interrupted by SIGTERM; rerun to tile it"
+    assert "c" not in rows and leftovers(out) == [] and not (out / "b.h5").exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the command put the default handler back
