@@ -1,13 +1,15 @@
 """Atomic file output: write under a temporary name in the same folder, then rename.
 
 A file that exists under its final name is complete; an interrupted write leaves only a temporary
-file (dot-prefixed, ending in `.tmp`), which readers ignore and the next run overwrites.
+file (dot-prefixed, ending in `.tmp`), which readers ignore and the next run overwrites. A write the system
+refuses (disk full, read-only place, a file where a folder should be) is an `OutputError` of one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -16,20 +18,56 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import yaml
 
-__all__ = ["atomic_path", "write_csv", "write_json", "write_text", "write_yaml"]
+from cmamil.errors import OutputError
+
+__all__ = ["atomic_path", "output_error", "writable_folder", "write_csv", "write_json", "write_text", "write_yaml"]
+
+
+def output_error(path: str | Path, exc: OSError) -> OutputError:
+    """One line for a write the system refused: where, why, and what to do."""
+    reason = exc.strerror or type(exc).__name__
+    hint = {
+        errno.ENOSPC: "free some space and rerun (finished work is kept)",
+        errno.EDQUOT: "free some space and rerun (finished work is kept)",
+        errno.EFBIG: "the file-size limit (ulimit -f) was reached; raise it and rerun (finished work is kept)",
+        errno.EROFS: "choose a writable --out",
+        errno.EACCES: "choose a writable --out",
+        errno.EPERM: "choose a writable --out",
+        errno.ENOTDIR: "a file stands where a folder should be; choose another --out",
+        errno.EEXIST: "a file stands where a folder should be; choose another --out",
+    }.get(exc.errno or 0, "check the output place and rerun")
+    return OutputError(f"cannot write {path}: {reason}; {hint}")
+
+
+def writable_folder(path: str | Path) -> Path:
+    """Create the folder `path` and prove it writable (a probe file made and removed), before any work is done."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe.{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise output_error(path, exc) from exc
+    return path
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds.
+
+    The temporary file is removed whatever happens (an error, an interrupt); an OSError becomes an OutputError.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        raise output_error(path, exc) from exc
     finally:
-        if tmp.exists():
+        with contextlib.suppress(OSError):
             tmp.unlink()
 
 

@@ -6,6 +6,8 @@ Every message says what is wrong, where, and what to do; the CLI prints it as on
 __all__ = [
     "CmamilError",
     "InputError",
+    "LockError",
+    "OutputError",
     "PluginError",
     "TrainingError",
     "UnknownPluginError",
@@ -18,6 +20,14 @@ class CmamilError(Exception):
 
 class InputError(CmamilError):
     """A file, folder, option or table given by the user cannot be used."""
+
+
+class LockError(CmamilError):
+    """Another process held a lock for longer than one was willing to wait."""
+
+
+class OutputError(CmamilError):
+    """An output cannot be written: the disk is full, the place is read-only, or the path is not a folder."""
 
 
 class PluginError(CmamilError):

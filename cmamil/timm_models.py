@@ -67,10 +67,17 @@ def create_timm_model(
         close = timm.list_models(f"*{arch.split('.')[0][:8]}*")[:5]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise PluginError(f"timm has no architecture '{arch}'{hint}")
+    kwargs = weights_kwargs(weights)
     try:
-        model = timm.create_model(arch, num_classes=num_classes, **weights_kwargs(weights), **options)
+        model = timm.create_model(arch, num_classes=num_classes, **kwargs, **options)
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
-        raise PluginError(f"could not build timm:{arch} with weights {weights!r}: {exc}") from exc
+        raise PluginError(f"could not build timm:{arch} with weights {weights!r}: {_first_line(exc)}") from exc
+    except Exception as exc:  # safetensors, pickle and hub errors have their own types
+        if "pretrained_cfg_overlay" in kwargs:
+            raise InputError(f"weights file '{weights}' cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
+                             "is it a complete .pth or .safetensors file?") from exc
+        raise PluginError(f"could not fetch the published weights of timm:{arch} ({type(exc).__name__}: "
+                          f"{_first_line(exc)}); pass a local --weights file when offline") from exc
     config = dict(timm.data.resolve_model_data_config(model))
     channels, height, width = config["input_size"]
     if "img_size" in options:
@@ -82,3 +89,8 @@ def create_timm_model(
         config["std"] = (float(sum(config["std"]) / len(config["std"])),) * channels
     config["input_size"] = (channels, height, width)
     return TimmPatchModel(model, config)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (library messages can run to many lines)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

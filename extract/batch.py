@@ -1,19 +1,21 @@
 """Batches of slides: gather them from files, folders and CSV tables; shard them across processes; record each
 slide's outcome in a manifest.
 
-A slide that fails (missing, corrupt, no resolution, no tissue) becomes one failed row with a one-line reason;
-the batch goes on. The manifest is a CSV written atomically at the end of every run.
+A slide that fails (missing, corrupt, no resolution, no tissue) becomes one failed row with a one-line reason,
+printed as `failed: <id>: <reason>`; the batch goes on. The manifest is a CSV keyed by slide id: every run
+merges its rows into it (under a lock, written atomically), so a rerun of one slide keeps the others' rows and
+a skipped slide keeps the timing of the run that made it.
 """
 
 from __future__ import annotations
 
 import csv
-import io
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence, TypeVar
 
-from cmamil.atomic import write_text
+from cmamil.atomic import write_csv
 from cmamil.errors import InputError
 from cmamil.extract.reader import SLIDE_SUFFIXES
 
@@ -22,8 +24,10 @@ __all__ = [
     "SlideSource",
     "collect_slides",
     "parse_shard",
+    "report_failure",
     "resolve_shard",
     "shard_items",
+    "summarize",
     "write_manifest",
 ]
 
@@ -32,15 +36,18 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class SlideSource:
-    """A slide to process: its path and the id that names its output files."""
+    """A slide to process: its path, the id that names its output files, and its level-0 µm/px when the slide
+    table gives one (overriding the slide's metadata and --mpp)."""
 
     path: Path
     slide_id: str
+    mpp: float | None = None
 
 
 @dataclass
 class SlideResult:
-    """What happened to one slide: status 'done', 'skipped' (output existed) or 'failed', with counts and timing."""
+    """What happened to one slide: status 'done', 'skipped' (output existed), 'busy' (another process holds it)
+    or 'failed', with counts and timing."""
 
     slide_id: str
     path: Path
@@ -71,29 +78,94 @@ def collect_slides(inputs: Iterable[str | Path], *, exclude: Path | None = None)
 
 
 def _from_table(table: Path) -> list[SlideSource]:
-    """Slides listed in a CSV with a `path` column and an optional `slide_id` column."""
+    """Slides listed in a CSV with a `path` column and optional `slide_id` and `mpp` (level-0 µm/px) columns."""
     with open(table, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or "path" not in rows[0]:
-        raise InputError(f"{table} has no 'path' column; a slide table needs a header with path[,slide_id]")
+        raise InputError(f"{table} has no 'path' column; a slide table needs a header with path[,slide_id][,mpp]")
     slides = []
-    for row in rows:
+    for line, row in enumerate(rows, start=2):
         path = Path(row["path"].strip())
         path = path if path.is_absolute() else table.parent / path
-        slides.append(SlideSource(path, (row.get("slide_id") or "").strip() or path.stem))
+        slides.append(SlideSource(path, (row.get("slide_id") or "").strip() or path.stem,
+                                  _table_mpp(row.get("mpp"), table, line)))
     return slides
 
 
+def _table_mpp(text: str | None, table: Path, line: int) -> float | None:
+    """A slide table's `mpp` cell as a positive float (blank: None, use the slide's metadata)."""
+    if not (text or "").strip():
+        return None
+    try:
+        mpp = float(text)  # type: ignore[arg-type]
+    except ValueError:
+        mpp = -1.0
+    if not mpp > 0:
+        raise InputError(f"{table} line {line}: mpp '{text}' is not a positive number of µm/px; fix or blank it")
+    return mpp
+
+
+MANIFEST_FIXED = ("slide_id", "path", "status")
+
+
 def write_manifest(path: str | Path, results: Sequence[SlideResult], magnifications: Sequence[str]) -> Path:
-    """Write one CSV row per slide (id, path, status, tiles per magnification, seconds, error) atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["slide_id", "path", "status", *(f"tiles_{m}" for m in magnifications), "seconds", "error"])
-    for r in results:
-        counts = [r.counts.get(m, "") for m in magnifications]
-        writer.writerow([r.slide_id, str(r.path), r.status, *counts, f"{r.seconds:.2f}", r.error])
-    write_text(path, buffer.getvalue())
-    return Path(path)
+    """Merge one row per slide (id, path, status, tiles per magnification, seconds, error) into the manifest at
+    `path`, keyed by slide id, atomically and under a lock (several processes may share one folder).
+
+    A 'skipped' slide keeps the row of the run that made it; 'busy' slides are another process's to record."""
+    from cmamil.locks import hold_lock
+    from cmamil.store import remove_temporaries
+
+    path = Path(path)
+    with hold_lock(path.with_name(f".{path.name}.lock")):
+        remove_temporaries(path)  # a killed writer's: only the lock holder writes the manifest
+        header, rows = _read_manifest(path)
+        counts = [f"tiles_{m}" for m in magnifications]
+        header = [*MANIFEST_FIXED, *dict.fromkeys([*header[len(MANIFEST_FIXED):-2], *counts]), "seconds", "error"]
+        for r in results:
+            earlier = rows.get(r.slide_id)
+            if r.status == "busy" or (r.status == "skipped" and earlier and earlier.get("status") == "done"):
+                continue
+            rows[r.slide_id] = {
+                "slide_id": r.slide_id, "path": str(r.path), "status": r.status, "seconds": f"{r.seconds:.2f}",
+                "error": r.error, **{f"tiles_{m}": r.counts.get(m, "") for m in magnifications},
+            }
+        write_csv(path, header, ([row.get(column, "") for column in header] for row in rows.values()))
+    return path
+
+
+def _read_manifest(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """An existing manifest's header and rows by slide id (none when it is absent or unreadable)."""
+    empty = [*MANIFEST_FIXED, "seconds", "error"]
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = {row["slide_id"]: row for row in reader}
+            header = list(reader.fieldnames or empty)
+    except (OSError, KeyError, csv.Error):
+        return empty, {}
+    if header[: len(MANIFEST_FIXED)] != list(MANIFEST_FIXED) or header[-2:] != ["seconds", "error"]:
+        return empty, {}
+    return header, rows
+
+
+def report_failure(result: SlideResult) -> None:
+    """Say on stderr, in the same words for every command, that a slide failed and why (one line)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"failed: {result.slide_id}: {result.error}", file=sys.stderr)
+
+
+def summarize(results: Sequence[SlideResult], noun: str, verb: str, magnifications: Sequence[str],
+              manifest: Path) -> str:
+    """'3 slides: 2 tiled, 1 skipped (already tiled), 0 failed; tiles 5x: 4, 10x: 16; manifest …' (and busy ones)."""
+    status = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "busy", "failed")}
+    tiles = {m: sum(r.counts.get(m, 0) for r in results if r.status == "done") for m in magnifications}
+    busy = f", {status['busy']} left to another process" if status["busy"] else ""
+    return (
+        f"{len(results)} {noun}: {status['done']} {verb}, {status['skipped']} skipped (already {verb}){busy}, "
+        f"{status['failed']} failed; tiles {', '.join(f'{m}: {n}' for m, n in tiles.items())}; manifest {manifest}"
+    )
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -8,21 +8,19 @@ CPUs without native bf16 it is many times slower than fp32.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from cmamil.data.provenance import file_sha256
 from cmamil.errors import InputError, PluginError
+from cmamil.notices import notice
 
 __all__ = ["PRECISIONS", "Encoder", "weights_digest"]
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-RANDOM_WEIGHTS_SEED = 0
 
 
 def weights_digest(weights: str | Path | None) -> str:
@@ -31,11 +29,11 @@ def weights_digest(weights: str | Path | None) -> str:
         return "random"
     if str(weights) == "hub":
         return "hub"
-    digest = hashlib.sha256()
-    with open(weights, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    try:
+        return file_sha256(Path(weights).expanduser())
+    except OSError as exc:
+        raise InputError(f"weights file '{weights}' cannot be read ({exc.strerror}); pass a local .pth or "
+                         ".safetensors file, 'hub', or nothing for random weights") from exc
 
 
 def _device(name: str) -> torch.device:
@@ -55,7 +53,8 @@ class Encoder:
     """Embed uint8 tile batches with a registered patch model (`deit_small`, `timm:resnet18` …).
 
     `input_px` overrides the model's `data_config` input size (tiles are resized to it); `options` go to the
-    model factory (e.g. `img_size=64` for a ViT fed 64-px tiles).
+    model factory (e.g. `img_size=64` for a ViT fed 64-px tiles). Random weights (`weights=None`) are drawn from
+    `seed`, so that two runs with the same seed embed tiles identically.
     """
 
     def __init__(
@@ -67,6 +66,7 @@ class Encoder:
         input_px: int | None = None,
         device: str = "auto",
         precision: str = "fp32",
+        seed: int = 0,
     ) -> None:
         from cmamil.models import create_model
 
@@ -79,11 +79,15 @@ class Encoder:
         self.options = dict(options or {})
         self.precision = precision
         self.weights = "random" if weights is None else str(weights)
-        with torch.random.fork_rng(devices=[]):  # random weights drawn alike in every process (ranks, shards, reruns)
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        self.seed = seed
+        self.weights_sha256 = weights_digest(weights)
+        if self.weights == "hub":
+            notice(f"downloading the published weights of {name} from the Hugging Face hub (offline, this fails "
+                   "after the hub's timeouts; pass a local --weights file instead)")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             model = create_model(name, num_classes=0, weights=None if weights is None else str(weights),
                                  **self.options)
-        self.weights_sha256 = weights_digest(weights)
         self.data_config = model.data_config
         self.input_px = int(input_px or self.data_config.input_size[-1])
         self.num_features = int(model.num_features)
@@ -141,6 +145,7 @@ class Encoder:
             "encoder": self.name,
             "encoder_weights": self.weights_sha256,
             "encoder_weights_file": "" if self.weights in ("random", "hub") else str(Path(self.weights).resolve()),
+            "encoder_seed": self.seed if self.weights == "random" else None,
             "encoder_options": self.options,
             "input_px": self.input_px,
             "mean": list(self.data_config.mean),

@@ -6,35 +6,43 @@
 For every bag: reuse the coordinate file of `cmamil tile` when there is one (else plan tiles here), read and cut
 tiles in DataLoader workers (`cmamil.extract.loading`), embed them batch by batch and append the features to a
 `BagWriter`, which renames the file into place only when every row has its feature. A bag whose feature file
-exists is skipped; a bag that fails is recorded with its reason and the batch goes on; the manifest
-`extract_manifest.csv` (one per shard when sharded) lists every bag of the run.
+exists with the same settings fingerprint is skipped (`cmamil.extract.resume`); a bag that fails is recorded
+with its reason and the batch goes on; the manifest `extract_manifest.csv` (one per shard when sharded) holds
+a row per bag. Each bag is extracted under its lock file, so several processes on one output folder share the
+bags; SIGTERM/SIGINT end the bag being written cleanly (temporary file removed, manifest written).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from cmamil.atomic import output_error, writable_folder
 from cmamil.errors import CmamilError, InputError
 from cmamil.extract.batch import (
     SlideResult,
     SlideSource,
     collect_slides,
+    report_failure,
     resolve_shard,
     shard_items,
     write_manifest,
 )
-from cmamil.extract.encoder import PRECISIONS, Encoder
-from cmamil.extract.grid import NestedGrid, TilingConfig, load_grid, plan_tiles
+from cmamil.extract.encoder import PRECISIONS, Encoder, weights_digest
+from cmamil.extract.grid import NestedGrid, TilingConfig, check_same_tiling, load_grid, plan_tiles
 from cmamil.extract.loading import SlideTiles
 from cmamil.extract.reader import open_slide
-from cmamil.store import bag_info, bag_path, is_complete
+from cmamil.extract.resume import BagSettings, check_folder, finished_counts, tiling_settings
+from cmamil.interrupt import Interrupted
+from cmamil.locks import try_lock
+from cmamil.notices import notice
+from cmamil.store import bag_path, remove_temporaries
 
 __all__ = ["BagJob", "BagPlan", "ExtractConfig", "Group", "extract_bags", "extract_slides", "manifest_name"]
 
@@ -51,7 +59,7 @@ class ExtractConfig:
     `encoder` is a `cmamil.models` plugin name or `timm:<arch>`; `weights` a local file, 'hub', or None (random);
     `model_options` go to the model factory; `input_px` overrides the encoder's input size (tiles are resized to
     it). `coords` is a folder of `cmamil tile` coordinate files (default: reuse those in the output folder);
-    `shard` (I, N) takes every N-th bag (default: the torchrun rank, else all).
+    `shard` (I, N) takes every N-th bag (default: the torchrun rank, else all); `seed` draws random weights.
     """
 
     encoder: str
@@ -68,6 +76,7 @@ class ExtractConfig:
     overwrite: bool = False
     coords: Path | None = None
     shard: tuple[int, int] | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.encoder:
@@ -118,8 +127,20 @@ class ExtractConfig:
         """Build the encoder this configuration names, on its device and precision."""
         return Encoder(
             self.encoder, weights=self.weights, options=self.model_options, input_px=self.input_px,
-            device=self.device, precision=self.precision,
+            device=self.device, precision=self.precision, seed=self.seed,
         )
+
+    def encoder_settings(self) -> dict[str, Any]:
+        """The encoder part of a bag's settings fingerprint (weights by content hash, random ones by seed)."""
+        return {
+            "encoder": self.encoder,
+            "encoder_weights": weights_digest(self.weights),
+            "encoder_seed": self.seed if self.weights is None else None,
+            "model_options": dict(self.model_options),
+            "input_px": self.input_px,
+            "precision": self.precision,
+            "features_dtype": self.features_dtype,
+        }
 
 
 @dataclass(frozen=True)
@@ -143,11 +164,13 @@ class BagPlan:
 
 @dataclass(frozen=True)
 class BagJob:
-    """One bag of a run: its id, the path the manifest names, and how to plan it once the encoder exists."""
+    """One bag of a run: its id, the path the manifest names, how to plan it once the encoder exists, and the
+    input part of its settings fingerprint (tiling, or how image sets are cut)."""
 
     bag_id: str
     path: Path
     plan: Callable[[Encoder], BagPlan]
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 def manifest_name(shard: tuple[int, int]) -> str:
@@ -168,8 +191,16 @@ def extract_slides(
     sources = given + collect_slides([s for s in inputs if not isinstance(s, SlideSource)], exclude=out)
     if not sources:
         raise InputError("no slides given (slide files, folders or a CSV with a path column)")
-    jobs = [BagJob(s.slide_id, s.path, _slide_planner(s, out, config)) for s in sources]
+    jobs = [
+        BagJob(s.slide_id, s.path, _slide_planner(s, out, config), tiling_settings(config.tiling, s.mpp))
+        for s in sources
+    ]
     return extract_bags(jobs, out, config, config.tiling.names, debug=debug)
+
+
+def _tiling(source: SlideSource, config: ExtractConfig) -> TilingConfig:
+    """The run's tiling, with the slide table's mpp for this slide when it gives one."""
+    return config.tiling if source.mpp is None else replace(config.tiling, mpp=source.mpp)
 
 
 def extract_bags(
@@ -183,36 +214,76 @@ def extract_bags(
 ) -> list[SlideResult]:
     """Run this shard's jobs: skip finished bags, extract the others, record failures, write the manifest.
 
-    `failed` are inputs that formed no job (e.g. images no bag takes); this shard's share is recorded too.
+    `failed` are inputs that formed no job (e.g. images no bag takes); this shard's share is recorded too. A
+    folder holding features of other settings is refused before any work (unless `config.overwrite`).
     """
     from tqdm import tqdm
 
+    writable_folder(out)
     shard = resolve_shard(config.shard)
+    encoder_part = config.encoder_settings()
+    settings = {job.bag_id: BagSettings({**encoder_part, **job.settings}) for job in jobs}
+    if jobs and not config.overwrite:
+        check_folder(out, settings[jobs[0].bag_id])
+    if config.weights is None:
+        notice(f"encoder {config.encoder} runs with random weights (seed {config.seed}); pass --weights FILE "
+               "(.pth/.safetensors) or --weights hub for pretrained features")
     duplicates = _duplicates(jobs)
-    jobs = shard_items(jobs, shard)
-    encoder: Encoder | None = None
+    encoder: list[Encoder] = []
     results: list[SlideResult] = shard_items(failed, shard)
+    job: BagJob | None = None
     try:
-        for job in tqdm(jobs, desc="extract", unit="bag", disable=None):
-            start = time.perf_counter()
-            try:
-                out_file = bag_path(out, job.bag_id, config.storage)  # type: ignore[arg-type]
-                finished = _finished(job, out_file, config, duplicates)
-            except CmamilError as exc:
-                finished = _failed(job, exc, 0.0)
-            if finished is None:
-                encoder = encoder or config.build_encoder()  # a bad encoder stops the run, not one bag
-                try:
-                    counts = _write_bag(out_file, job.plan(encoder), encoder, config)
-                    finished = SlideResult(job.bag_id, job.path, "done", counts, time.perf_counter() - start)
-                except Exception as exc:
-                    if debug and not isinstance(exc, CmamilError):
-                        raise
-                    finished = _failed(job, exc, time.perf_counter() - start)
-            results.append(finished)
+        for job in tqdm(shard_items(jobs, shard), desc="extract", unit="bag", disable=None):
+            result = _run_job(job, out, config, settings[job.bag_id], duplicates, encoder, debug)
+            if result.status == "failed":
+                report_failure(result)
+            results.append(result)
+            job = None
+    except Interrupted as exc:
+        if job is not None:
+            results.append(SlideResult(job.bag_id, job.path, "failed", error=f"{exc}; rerun to extract it"))
+        raise
     finally:
         write_manifest(out / manifest_name(shard), results, magnifications)
     return results
+
+
+def _run_job(job: BagJob, out: Path, config: ExtractConfig, settings: BagSettings, duplicates: set[str],
+             encoder: list[Encoder], debug: bool) -> SlideResult:
+    """One bag: 'skipped' when finished with these settings, 'busy' when another process holds its lock, else
+    extracted under its lock ('done', or 'failed' with a one-line reason). `encoder` holds the run's encoder,
+    built on first use (a bad encoder stops the run, not one bag)."""
+    start = time.perf_counter()
+    try:
+        if job.bag_id in duplicates:
+            raise InputError(f"bag id '{job.bag_id}' is used by more than one input; give them distinct ids")
+        out_file = bag_path(out, job.bag_id, config.storage)  # type: ignore[arg-type]
+        counts = None if config.overwrite else finished_counts(out_file, settings)
+        if counts is not None:
+            return SlideResult(job.bag_id, job.path, "skipped", counts)
+        lock = try_lock(out_file.with_name(f".{out_file.name}.lock"))
+    except CmamilError as exc:
+        return _failed(job, exc, 0.0)
+    if lock is None:
+        return SlideResult(job.bag_id, job.path, "busy")
+    with lock:
+        try:
+            remove_temporaries(out_file)  # left by a killed run: only the lock holder writes this bag
+            counts = None if config.overwrite else finished_counts(out_file, settings)
+            if counts is not None:  # another process finished it while this one was deciding
+                return SlideResult(job.bag_id, job.path, "skipped", counts)
+        except CmamilError as exc:
+            return _failed(job, exc, 0.0)
+        if not encoder:
+            encoder.append(config.build_encoder())
+        try:
+            counts = _write_bag(out_file, job.plan(encoder[0]), encoder[0], config, settings)
+        except Exception as exc:
+            if debug and not isinstance(exc, (CmamilError, OSError)):
+                raise
+            exc = output_error(out_file, exc) if isinstance(exc, OSError) else exc
+            return _failed(job, exc, time.perf_counter() - start)
+    return SlideResult(job.bag_id, job.path, "done", counts, time.perf_counter() - start)
 
 
 def _failed(job: BagJob, exc: Exception, seconds: float) -> SlideResult:
@@ -223,7 +294,6 @@ def _failed(job: BagJob, exc: Exception, seconds: float) -> SlideResult:
     else:
         message = lines[-1].strip() if len(lines) > 1 else f"{type(exc).__name__}: {exc}"
     log.debug("%s failed", job.path, exc_info=exc)
-    log.warning("failed: %s: %s", job.bag_id, message)
     return SlideResult(job.bag_id, job.path, "failed", {}, seconds, message)
 
 
@@ -235,23 +305,8 @@ def _duplicates(jobs: Sequence[BagJob]) -> set[str]:
     return {bag_id for bag_id, n in seen.items() if n > 1}
 
 
-def _finished(job: BagJob, out_file: Path, config: ExtractConfig, duplicates: set[str]) -> SlideResult | None:
-    """'skipped' for a finished file of the same encoder (None when the bag is to be extracted); a finished file
-    of another encoder, or an id claimed twice, is an error rather than a silent skip or an overwrite."""
-    if job.bag_id in duplicates:
-        raise InputError(f"bag id '{job.bag_id}' is used by more than one input; give them distinct ids")
-    if config.overwrite or not is_complete(out_file):
-        return None
-    info = bag_info(out_file)
-    if info.attrs.get("encoder") != config.encoder:
-        raise InputError(
-            f"{out_file} holds features of encoder {info.attrs.get('encoder')}, not {config.encoder}; "
-            f"use another --out folder or --overwrite"
-        )
-    return SlideResult(job.bag_id, job.path, "skipped", info.counts)
-
-
-def _write_bag(out_file: Path, plan: BagPlan, encoder: Encoder, config: ExtractConfig) -> dict[str, int]:
+def _write_bag(out_file: Path, plan: BagPlan, encoder: Encoder, config: ExtractConfig,
+               settings: BagSettings) -> dict[str, int]:
     """Embed the plan's tiles chunk by chunk and stream the features into the bag's file (renamed when complete)."""
     from tqdm import tqdm
 
@@ -264,7 +319,8 @@ def _write_bag(out_file: Path, plan: BagPlan, encoder: Encoder, config: ExtractC
     )
     names = [group.name for group in plan.groups]
     counts = {group.name: len(group.coords) for group in plan.groups}
-    writer = BagWriter(out_file, attrs=plan.attrs, features_dtype=config.features_dtype, overwrite=True)
+    attrs = {**plan.attrs, **settings.attrs}
+    writer = BagWriter(out_file, attrs=attrs, features_dtype=config.features_dtype, overwrite=True)
     with plan.tiles, writer:
         for group in plan.groups:
             writer.add_magnification(group.name, group.coords, group.parent, group.attrs)
@@ -289,10 +345,11 @@ def _slide_planner(source: SlideSource, out: Path, config: ExtractConfig) -> Cal
 
     def plan(encoder: Encoder) -> BagPlan:
         reader = open_slide(source.path)
+        tiling = _tiling(source, config)
         try:
-            grid, origin = _coordinate_grid(source, out, config)
+            grid, origin = _coordinate_grid(source, out, config, tiling)
             if grid is None:
-                grid, origin = plan_tiles(reader, config.tiling), "planned"
+                grid, origin = plan_tiles(reader, tiling), "planned"
         except BaseException:
             reader.close()
             raise
@@ -313,8 +370,12 @@ def _slide_planner(source: SlideSource, out: Path, config: ExtractConfig) -> Cal
     return plan
 
 
-def _coordinate_grid(source: SlideSource, out: Path, config: ExtractConfig) -> tuple[NestedGrid | None, str]:
-    """The slide's grid from `config.coords`, or from a coordinate file in `out` (unless overwriting); else None."""
+def _coordinate_grid(
+    source: SlideSource, out: Path, config: ExtractConfig, tiling: TilingConfig
+) -> tuple[NestedGrid | None, str]:
+    """The slide's grid from `config.coords`, or from a coordinate file in `out` (unless overwriting); else None.
+
+    A coordinate file made with other tiling settings (magnifications, tile size, --mpp, tissue) is an error."""
     folder = config.coords or (None if config.overwrite else out)
     if folder is None:
         return None, ""
@@ -322,22 +383,10 @@ def _coordinate_grid(source: SlideSource, out: Path, config: ExtractConfig) -> t
         path = bag_path(folder, source.slide_id, storage)  # type: ignore[arg-type]
         if path.exists():
             grid = load_grid(path)
-            _check_tiling(grid, path, config.tiling)
+            check_same_tiling(grid, path, tiling, "extract")
             return grid, str(path)
     if config.coords is not None:
         raise InputError(
             f"no coordinate file {source.slide_id}.h5 or .zarr in {folder}; run cmamil tile --out {folder} first"
         )
     return None, ""
-
-
-def _check_tiling(grid: NestedGrid, path: Path, tiling: TilingConfig) -> None:
-    """A coordinate file must hold the magnifications and tile size asked for (and the --mpp, when given)."""
-    same_mpp = tiling.mpp is None or abs(grid.resolution.mpp - tiling.mpp) <= 1e-6 * tiling.mpp
-    if grid.names != tiling.names or grid.config.tile_px != tiling.tile_px or not same_mpp:
-        mpp = f" at {grid.resolution.mpp:g} µm/px" if not same_mpp else ""
-        raise InputError(
-            f"{path} was tiled at {','.join(grid.names)} with {grid.config.tile_px}-px tiles{mpp}, not "
-            f"{','.join(tiling.names)} with {tiling.tile_px}-px tiles; extract with the same --magnifications, "
-            f"--tile-px and --mpp, or delete the coordinate file to re-tile"
-        )

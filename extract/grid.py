@@ -28,7 +28,7 @@ from cmamil.extract.resolution import Resolution, resolve_mpp
 from cmamil.extract.tissue import TissueConfig, TissueMask, find_tissue
 from cmamil.magnification import Magnification, parse_magnifications
 
-__all__ = ["UPSAMPLE_LIMIT", "NestedGrid", "TileSet", "TilingConfig", "load_grid", "plan_tiles"]
+__all__ = ["UPSAMPLE_LIMIT", "NestedGrid", "TileSet", "TilingConfig", "check_same_tiling", "load_grid", "plan_tiles"]
 
 UPSAMPLE_LIMIT = 1.1  # a magnification may need at most 10 % more resolution than the slide has
 
@@ -274,3 +274,25 @@ def _keep(fractions: list[np.ndarray], parents: list[np.ndarray], thresholds: Se
     for i in range(len(keep) - 1, 0, -1):
         keep[i - 1] = keep[i - 1] | np.bincount(parents[i], weights=keep[i], minlength=len(keep[i - 1])).astype(bool)
     return keep
+
+
+def check_same_tiling(grid: NestedGrid, path: Path, tiling: TilingConfig, command: str) -> None:
+    """A coordinate file must have been made with the tiling asked for now: magnifications, tile size, tissue
+    thresholds and detection, and --mpp (when given); otherwise one line says what differs and what to do."""
+    made, asked = grid.config, tiling
+    differences = []
+    if grid.names != asked.names:
+        differences.append(f"magnifications {','.join(grid.names)}, not {','.join(asked.names)}")
+    if made.tile_px != asked.tile_px:
+        differences.append(f"{made.tile_px}-px tiles, not {asked.tile_px}")
+    if asked.mpp is not None and abs(grid.resolution.mpp - asked.mpp) > 1e-6 * asked.mpp:
+        differences.append(f"{grid.resolution.mpp:g} µm/px, not {asked.mpp:g}")
+    if made.min_tissue != asked.min_tissue:
+        shown = [",".join(map(str, t)) for t in (made.min_tissue, asked.min_tissue)]
+        differences.append(f"min tissue {shown[0]}, not {shown[1]}")
+    if made.tissue != asked.tissue:
+        changed = [f"{k} {v!r}" for k, v in asdict(made.tissue).items() if getattr(asked.tissue, k) != v]
+        differences.append(f"tissue settings {', '.join(changed)}")
+    if differences:
+        redo = "--overwrite to re-tile" if command == "tile" else "the same options, or delete the coordinate file"
+        raise InputError(f"{path} was tiled with {'; '.join(differences)}; {command} with {redo}")

@@ -163,7 +163,11 @@ def extract_image_sets(
     if not bags and not unmatched:
         folders = ", ".join(str(folder) for _, folder in sets.folders)
         raise InputError(f"no images ({' '.join(IMAGE_SUFFIXES)}) found in {folders}")
-    jobs = [BagJob(bag.bag_id, bag.folder, _image_planner(bag, sets, config)) for bag in bags]
+    settings = {
+        "magnifications": list(sets.names), "instance": "tile" if sets.tile else "image",
+        "tile_px": config.tiling.tile_px if sets.tile else 0, "bag_by": sets.bag_by,
+    }
+    jobs = [BagJob(bag.bag_id, bag.folder, _image_planner(bag, sets, config), settings) for bag in bags]
     return extract_bags(jobs, out, config, sets.names, debug=debug, failed=unmatched)
 
 

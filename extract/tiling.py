@@ -1,23 +1,28 @@
 """Tile slides end to end: open → resolution → tissue → nested grid → coordinate file + QC image.
 
 Each slide's coordinate file is `<out>/<slide_id>.h5` (or `.zarr`): the feature-file layout without features,
-which `cmamil extract` reuses. QC images go to `<out>/qc/<slide_id>.png`. A slide whose file exists is skipped.
+which `cmamil extract` reuses. QC images go to `<out>/qc/<slide_id>.png`. A slide whose file exists is skipped
+when it was tiled with the same settings (else it fails, saying what differs). Each slide is tiled under its
+lock file, so several processes on one output folder share the slides.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from cmamil.errors import CmamilError, InputError
 from cmamil.extract.batch import SlideResult, SlideSource
-from cmamil.extract.grid import NestedGrid, TilingConfig, plan_tiles
+from cmamil.extract.grid import NestedGrid, TilingConfig, check_same_tiling, load_grid, plan_tiles
 from cmamil.extract.qc import write_qc
 from cmamil.extract.reader import open_slide
 from cmamil.extract.resolution import resolve_mpp
 from cmamil.extract.tissue import find_tissue
+from cmamil.interrupt import Interrupted
+from cmamil.locks import try_lock
 
 __all__ = ["tile_slide", "tile_slides"]
 
@@ -51,7 +56,7 @@ def tile_slides(
 
     With `debug`, an unexpected error (a bug, not bad input) is raised instead of recorded.
     """
-    from cmamil.store import bag_info, bag_path
+    from cmamil.store import bag_info, bag_path, remove_temporaries
 
     seen: dict[str, Path] = {}
     for slide in slides:
@@ -64,15 +69,37 @@ def tile_slides(
                 )
             seen[slide.slide_id] = slide.path
             out_file = bag_path(out, slide.slide_id, storage)
-            if out_file.exists() and not overwrite:
+            tiling = config if slide.mpp is None else replace(config, mpp=slide.mpp)
+            if _finished(out_file, tiling, overwrite):
                 yield SlideResult(slide.slide_id, slide.path, "skipped", bag_info(out_file).counts)
                 continue
-            qc_file = out / "qc" / f"{slide.slide_id}.png" if qc else None
-            grid = tile_slide(slide.path, out_file, qc_file, config, overwrite=overwrite)
+            lock = try_lock(out_file.with_name(f".{out_file.name}.lock"))
+            if lock is None:
+                yield SlideResult(slide.slide_id, slide.path, "busy")
+                continue
+            with lock:
+                remove_temporaries(out_file)  # left by a killed run: only the lock holder writes this slide
+                if _finished(out_file, tiling, overwrite):
+                    yield SlideResult(slide.slide_id, slide.path, "skipped", bag_info(out_file).counts)
+                    continue
+                qc_file = out / "qc" / f"{slide.slide_id}.png" if qc else None
+                grid = tile_slide(slide.path, out_file, qc_file, tiling, overwrite=overwrite)
             yield SlideResult(slide.slide_id, slide.path, "done", grid.counts, time.perf_counter() - start)
+        except Interrupted as exc:  # recorded, then the interruption goes on (the caller writes the manifest)
+            yield SlideResult(slide.slide_id, slide.path, "failed", {}, time.perf_counter() - start,
+                              f"{exc}; rerun to tile it")
+            raise
         except Exception as exc:
             if debug and not isinstance(exc, CmamilError):
                 raise
             message = str(exc) if isinstance(exc, CmamilError) else f"{type(exc).__name__}: {exc}"
             log.debug("%s failed", slide.path, exc_info=True)
             yield SlideResult(slide.slide_id, slide.path, "failed", {}, time.perf_counter() - start, message)
+
+
+def _finished(out_file: Path, tiling: TilingConfig, overwrite: bool) -> bool:
+    """Whether the slide's coordinate file exists (and is kept); one made with other settings is an error."""
+    if overwrite or not out_file.exists():
+        return False
+    check_same_tiling(load_grid(out_file), out_file, tiling, "tile")
+    return True

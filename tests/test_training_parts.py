@@ -67,8 +67,9 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     back = load_checkpoint(tmp_path / "best.pt")
     assert back["epoch"] == 3 and back["names"] == ["a", "b"] and torch.equal(back["weights"], state["weights"])
     torch.save({"code": DataConfig()}, tmp_path / "pickled.pt")  # a class instance: refused by weights_only
-    with pytest.raises(InputError, match="pickled.pt' cannot be read"):
+    with pytest.raises(InputError, match="pickled.pt' holds pickled objects, not only weights") as refused:
         load_checkpoint(tmp_path / "pickled.pt")
+    assert "weights_only" not in str(refused.value) and "GLOBAL cmamil.models.DataConfig" in str(refused.value)
     (tmp_path / "cut.pt").write_bytes((tmp_path / "best.pt").read_bytes()[:100])
     with pytest.raises(InputError, match="delete it and retrain"):
         load_checkpoint(tmp_path / "cut.pt")

@@ -2,6 +2,8 @@
 
 Subcommands live one per module and are imported only when invoked, so `cmamil --help` stays instant
 (no torch import). A CmamilError becomes one line on stderr and exit code 1; `--debug` shows the traceback.
+SIGTERM and SIGINT unwind the command like an error (temporary files removed, manifests written) and exit
+143 and 130.
 """
 
 from __future__ import annotations
@@ -53,8 +55,14 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
+        from cmamil.interrupt import Interrupted, handle_signals
+
         try:
-            return super().invoke(ctx)
+            with handle_signals():
+                return super().invoke(ctx)
+        except Interrupted as exc:
+            click.echo(f"Error: {exc}; finished work is kept, rerun the command to resume", err=True)
+            sys.exit(exc.exit_code)
         except CmamilError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise

@@ -47,8 +47,9 @@ __all__ = ["extract"]
 @click.option("--tile", is_flag=True,
               help="[--images] Cut each image into --tile-px tiles instead of embedding it whole (resized).")
 @click.option("--shard", default=None, metavar="I/N",
-              help="Take every N-th bag starting at I (0-based), for job arrays [default: the torchrun rank, "
-                   "else all].")
+              help="Take every N-th bag starting at I (0-based) [default: the torchrun rank, else all]. Not needed "
+                   "for job arrays: processes started on one --out share the bags through lock files.")
+@option("seed", default=0, show_default=True, help="Seed of random encoder weights (used without --weights).")
 @click.pass_context
 def extract(
     ctx: click.Context,
@@ -65,10 +66,11 @@ def extract(
 ) -> None:
     """Embed the tiles of SLIDES (files, folders or a CSV with a path column) into one feature file per bag.
 
-    Writes <out>/<bag_id>.h5 (or .zarr): features, coords and parent links per magnification, with provenance,
-    and <out>/extract_manifest.csv. Coordinate files of `cmamil tile` in --out (or --coords) are reused. Bags
-    whose feature file exists are skipped; a failing bag is recorded and the rest go on; the exit code is 1 if
-    any bag failed.
+    Writes <out>/<bag_id>.h5 (or .zarr): features, coords and parent links per magnification, with provenance
+    and a fingerprint of the settings, and <out>/extract_manifest.csv. Coordinate files of `cmamil tile` in --out
+    (or --coords) are reused. Bags whose feature file exists with the same settings are skipped; an --out holding
+    features of other settings is refused; a failing bag is recorded and the rest go on; the exit code is 1 if
+    any bag failed. Several processes (a SLURM array, several machines) may share one --out.
 
     \b
     Examples:
@@ -79,7 +81,7 @@ def extract(
           --bag-by 'SOB_\\w_\\w+-(?P<patient>\\d+-\\w+)-'
     """
     from cmamil.extract.allocator import keep_freed_memory
-    from cmamil.extract.batch import parse_shard, resolve_shard
+    from cmamil.extract.batch import parse_shard, resolve_shard, summarize
     from cmamil.extract.features import ExtractConfig, extract_slides, manifest_name
 
     if bool(slides) == bool(images):
@@ -99,12 +101,7 @@ def extract(
     else:
         results, names = extract_slides(slides, out, config, debug=debug), tiling.names
     manifest = out / manifest_name(resolve_shard(config.shard))
-    status = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    tiles = {m: sum(r.counts.get(m, 0) for r in results if r.status == "done") for m in names}
-    click.echo(
-        f"{len(results)} bags: {status['done']} extracted, {status['skipped']} skipped (already extracted), "
-        f"{status['failed']} failed; tiles embedded {', '.join(f'{m}: {n}' for m, n in tiles.items())}; "
-        f"manifest {manifest}"
-    )
-    if status["failed"]:
-        raise InputError(f"{status['failed']} of {len(results)} bags failed; see {manifest}")
+    click.echo(summarize(results, "bags", "extracted", names, manifest))
+    failed = sum(r.status == "failed" for r in results)
+    if failed:
+        raise InputError(f"{failed} of {len(results)} bags failed; see {manifest}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,25 +45,26 @@ def tile(
     """
     from tqdm import tqdm
 
-    from cmamil.extract.batch import collect_slides, write_manifest
+    from cmamil.atomic import writable_folder
+    from cmamil.extract.batch import collect_slides, report_failure, summarize, write_manifest
     from cmamil.extract.tiling import tile_slides
 
     sources = collect_slides(slides, exclude=out)
     if not sources:
         raise InputError(f"no slides found in {', '.join(map(str, slides))} (suffixes .svs .ndpi .tiff .mrxs …)")
+    writable_folder(out)
     debug = bool(ctx.obj and ctx.obj.get("debug"))
     results = []
     progress = tqdm(sources, desc="tile", unit="slide", disable=None)
-    for result in tile_slides(progress, out, tiling, storage=storage, overwrite=overwrite, qc=qc, debug=debug):
-        results.append(result)
-        if result.status == "failed":
-            tqdm.write(f"failed: {result.path}: {result.error}", file=sys.stderr)
-    manifest = write_manifest(out / "tile_manifest.csv", results, tiling.names)
-    status = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    tiles = {m: sum(r.counts.get(m, 0) for r in results) for m in tiling.names}
-    click.echo(
-        f"{len(results)} slides: {status['done']} tiled, {status['skipped']} skipped (already tiled), "
-        f"{status['failed']} failed; tiles {', '.join(f'{m}: {n}' for m, n in tiles.items())}; manifest {manifest}"
-    )
-    if status["failed"]:
-        raise InputError(f"{status['failed']} of {len(results)} slides failed; see {manifest}")
+    manifest = out / "tile_manifest.csv"
+    try:
+        for result in tile_slides(progress, out, tiling, storage=storage, overwrite=overwrite, qc=qc, debug=debug):
+            results.append(result)
+            if result.status == "failed":
+                report_failure(result)
+    finally:
+        write_manifest(manifest, results, tiling.names)
+    click.echo(summarize(results, "slides", "tiled", tiling.names, manifest))
+    failed = sum(r.status == "failed" for r in results)
+    if failed:
+        raise InputError(f"{failed} of {len(results)} slides failed; see {manifest}")

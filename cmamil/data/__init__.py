@@ -6,6 +6,6 @@
   scaler, the bag loader.
 - `patients`: patients read from names (BreakHis files, TCGA barcodes) and the check that none straddles a split.
 - `images`: patch-image folders (`ImageSet`, split layouts, patient groups) and `ImagePart`/`image_loader`.
-- `provenance`: the labels file's content hash and the feature set's fingerprint, recorded with a run.
+- `provenance`: file and settings fingerprints (weights, labels, extraction settings) and the feature set's fingerprint.
 - `transforms`: preprocessing from a model's `DataConfig`, training augmentation, mixup/CutMix.
 """

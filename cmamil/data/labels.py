@@ -122,6 +122,8 @@ def _parse_labels(
         where = f"line {line}" + (f" ({slide})" if slide else "")
         bad = [
             "blank slide_id" if not slide else "",
+            f"invalid slide id '{slide}' (an id names a file: no '/', no leading '.')"
+            if slide.startswith(".") or "/" in slide or "\\" in slide else "",
             f"duplicate slide_id (first on line {seen[slide]})" if slide in seen else "",
             "blank label" if not label else "",
             f"unknown label '{label}' (classes: {', '.join(class_names)})"

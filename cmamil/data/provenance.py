@@ -1,7 +1,9 @@
-"""What a bag run was trained on: the labels file's content hash and the feature set's fingerprint.
+"""Content hashes and fingerprints: a file's sha256, the fingerprint of a set of settings, and what a bag run was
+trained on (the labels file's hash and the feature set's fingerprint).
 
-Both go into the run's config.yaml (`data`), so that a rerun on changed labels or re-extracted features can be
-told apart from the run it claims to repeat.
+`cmamil extract` stores `settings_fingerprint` of everything that determines a bag's feature values in every
+feature file; a bag run records the labels' hash and the feature set's fingerprint in its config.yaml (`data`),
+so that a rerun on changed labels or re-extracted features can be told apart from the run it claims to repeat.
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-__all__ = ["extraction_recipe", "feature_set_fingerprint", "file_sha256"]
+__all__ = ["extraction_recipe", "feature_set_fingerprint", "file_sha256", "settings_fingerprint"]
 
 # feature-file attributes that determine feature values, as `cmamil extract` writes them
 _VALUE_ATTRS = ("encoder", "encoder_weights", "encoder_options", "tile_px", "input_px", "precision", "fingerprint")
@@ -27,6 +29,12 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def settings_fingerprint(settings: Mapping[str, Any]) -> str:
+    """The sha256 of `settings` written as canonical JSON (sorted keys): equal settings, equal fingerprints."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
 
 
 def feature_set_fingerprint(paths: Sequence[Path], magnifications: Sequence[str]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ Layout, format "cmamil.features" version 1::
       attrs             format="cmamil.features", format_version, bag_id, finest (the finest magnification),
                         has_features, cmamil_version, created (UTC ISO time), and the writer's provenance: source
                         (path, size, mtime), mpp, mpp_source, objective_power, encoder, encoder_weights (sha256 or
-                        "random"), tile_px, tissue settings …
+                        "random"), tile_px, tissue settings, extract_settings and its sha256 fingerprint …
       /<mag>/features   (N, D) float32 or float16; absent in a coordinate-only file (the tiling stage)
       /<mag>/coords     (N, 2) int64 level-0 top-left x, y; attrs magnification (= <mag>), mpp,
                         tile_size_level0, read_level …
@@ -39,7 +39,7 @@ from cmamil.store._format import (
 )
 from cmamil.store.listing import is_complete, list_bags
 from cmamil.store.reader import BagInfo, bag_info, read_bag, read_coords
-from cmamil.store.writer import BagWriter
+from cmamil.store.writer import BagWriter, remove_temporaries
 
 __all__ = [
     "FOREIGN_MAGNIFICATION",
@@ -55,5 +55,6 @@ __all__ = [
     "list_bags",
     "read_bag",
     "read_coords",
+    "remove_temporaries",
     "storage_format",
 ]

@@ -40,7 +40,7 @@ def storage_format(path: str | Path) -> StorageFormat:
 def bag_path(folder: str | Path, bag_id: str, format: StorageFormat = "h5") -> Path:
     """The final path of bag `bag_id` in `folder`: `<folder>/<bag_id>.h5` or `.zarr`."""
     if not bag_id or bag_id.startswith(".") or "/" in bag_id or os.sep in bag_id:
-        raise InputError(f"bag id '{bag_id}' cannot name a file; use a non-empty id without '/' or a leading '.'")
+        raise InputError(f"invalid slide id '{bag_id}' (an id names a file: non-empty, no '/', no leading '.')")
     if format not in ("h5", "zarr"):
         raise InputError(f"feature file format '{format}' is not one of h5, zarr")
     return Path(folder) / f"{bag_id}.{format}"

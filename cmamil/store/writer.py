@@ -1,7 +1,12 @@
-"""Writing one bag's feature file: HDF5 and zarr sinks, and the atomic `BagWriter`."""
+"""Writing one bag's feature file atomically: the `BagWriter`.
+
+A write the system refuses (a full disk, a file-size limit) ends the bag with an `OutputError`, the temporary
+file removed; see `_sinks` for how libhdf5 is kept from crashing on it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -15,75 +20,19 @@ from typing import Any, Literal
 import numpy as np
 
 from cmamil import __version__
+from cmamil.atomic import output_error
 from cmamil.errors import InputError
+from cmamil.interrupt import deferred_signals
 from cmamil.magnification import Magnification, magnification_order
 from cmamil.store._attrs import encode_attrs
 from cmamil.store._format import FORMAT, FORMAT_VERSION, bag_id_from_path, storage_format
+from cmamil.store._sinks import H5Sink, ZarrSink
 
-__all__ = ["BagWriter"]
+__all__ = ["BagWriter", "remove_temporaries"]
 
 _RESERVED = frozenset({"format", "format_version", "bag_id", "finest", "has_features", "json_attrs"})
 _FEATURE_DTYPES = ("float32", "float16")
 _CHUNK_BYTES = 1 << 20
-
-
-class _H5Sink:
-    """Writes groups and arrays into one HDF5 file."""
-
-    def __init__(self, path: Path):
-        import h5py
-
-        self._h5py = h5py
-        self.file = h5py.File(path, "w")
-
-    def group(self, name: str) -> Any:
-        return self.file.create_group(name)
-
-    def array(self, group: Any, name: str, data: np.ndarray, attrs: Mapping[str, Any] | None = None) -> None:
-        group.create_dataset(name, data=data).attrs.update(attrs or {})
-
-    def empty(self, group: Any, name: str, rows: int, dim: int, dtype: str, chunk_rows: int) -> Any:
-        return group.create_dataset(
-            name, shape=(rows, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk_rows, dim)
-        )
-
-    def link(self, group: Any, name: str, source: Path, dataset: str) -> Any:
-        """An external link `name` to `dataset` of the HDF5 file `source`, opened through the link."""
-        group[name] = self._h5py.ExternalLink(str(source), dataset)
-        return group[name]
-
-    def finish(self, attrs: Mapping[str, Any], finest: str, has_features: bool) -> None:
-        self.file.attrs.update(attrs)
-        self.file["coords"] = self._h5py.SoftLink(f"/{finest}/coords")
-        if has_features:
-            self.file["features"] = self._h5py.SoftLink(f"/{finest}/features")
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class _ZarrSink:
-    """Writes groups and arrays into one zarr v3 directory store."""
-
-    def __init__(self, path: Path):
-        import zarr
-
-        self.root = zarr.open_group(path, mode="w", zarr_format=3)
-
-    def group(self, name: str) -> Any:
-        return self.root.create_group(name)
-
-    def array(self, group: Any, name: str, data: np.ndarray, attrs: Mapping[str, Any] | None = None) -> None:
-        group.create_array(name, data=data, attributes=dict(attrs or {}))
-
-    def empty(self, group: Any, name: str, rows: int, dim: int, dtype: str, chunk_rows: int) -> Any:
-        return group.create_array(name, shape=(rows, dim), dtype=dtype, chunks=(chunk_rows, dim), fill_value=0)
-
-    def finish(self, attrs: Mapping[str, Any], finest: str, has_features: bool) -> None:
-        self.root.attrs.update(dict(attrs))
-
-    def close(self) -> None:
-        """Nothing to close: a directory store is complete once its arrays are written."""
 
 
 @dataclass
@@ -136,17 +85,20 @@ class BagWriter:
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._attrs = encode_attrs({"cmamil_version": __version__, "created": created, **(attrs or {})})
         self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        self._sink: _H5Sink | _ZarrSink | None = None
+        self._sink: H5Sink | ZarrSink | None = None
         self._levels: dict[str, _Level] = {}
 
     def __enter__(self) -> BagWriter:
         if self.path.exists() and not self.overwrite:
             raise InputError(f"{self.path} already exists; delete it or write with overwrite")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._sink = _H5Sink(self._tmp) if self.format == "h5" else _ZarrSink(self._tmp)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._sink = H5Sink(self._tmp) if self.format == "h5" else ZarrSink(self._tmp)
+        except OSError as exc:
+            self._discard()
+            raise output_error(self.path, exc) from exc
         except BaseException:
-            self._remove_tmp()
+            self._discard()
             raise
         return self
 
@@ -155,11 +107,21 @@ class BagWriter:
     ) -> None:
         try:
             if exc_type is None:
-                self._commit()
+                with deferred_signals():
+                    self._commit()
+        except OSError as error:
+            raise output_error(self.path, error) from error
         finally:
-            if self._sink is not None:
-                self._sink.close()
-                self._sink = None
+            self._discard()
+
+    def _discard(self) -> None:
+        """Close an unfinished file (its write error no longer matters) and remove the temporary file."""
+        sink, self._sink = self._sink, None
+        try:
+            if sink is not None:
+                with contextlib.suppress(OSError):
+                    sink.close()
+        finally:
             self._remove_tmp()
 
     def add_magnification(
@@ -186,10 +148,12 @@ class BagWriter:
         attrs = dict(attrs or {})
         if attrs.setdefault("magnification", mag) != mag:
             raise ValueError(f"{mag}: attribute magnification={attrs['magnification']!r} contradicts the name")
-        group = sink.group(mag)
-        sink.array(group, "coords", coords, encode_attrs(attrs))
-        sink.array(group, "parent", parent)
+        with deferred_signals():
+            group = sink.group(mag)
+            sink.array(group, "coords", coords, encode_attrs(attrs))
+            sink.array(group, "parent", parent)
         self._levels[mag] = _Level(group, rows, parent)
+        self._check()
 
     def append_features(self, mag: str, features: Any) -> None:
         """Append a (B, D) batch of features (numpy or torch) to `mag`, in coords row order."""
@@ -206,7 +170,8 @@ class BagWriter:
         if block.ndim != 2:
             raise ValueError(f"{mag}: features must have shape (B, D), got {block.shape}")
         if level.features is None:
-            self._create_features(level, block.shape[1])
+            with deferred_signals():
+                self._create_features(level, block.shape[1])
         if block.shape[1] != level.features.shape[1]:
             raise ValueError(f"{mag}: features have dimension {block.shape[1]}, expected {level.features.shape[1]}")
         if level.written + level.pending_rows + len(block) > level.rows:
@@ -214,22 +179,34 @@ class BagWriter:
         level.pending.append(block)
         level.pending_rows += len(block)
         if level.pending_rows >= level.chunk_rows:
-            self._flush(level, whole_chunks=True)
+            try:
+                with deferred_signals():
+                    self._flush(level, whole_chunks=True)
+            except OSError as error:  # zarr writes chunk files from Python and raises directly
+                raise output_error(self.path, error) from error
+            self._check()
 
     def link_features(self, mag: str, source: str | Path, dataset: str) -> None:
         """Point `mag`'s features at an (N, D) `dataset` of another HDF5 file (an external link) instead of copying."""
         sink = self._open_sink()
-        if not isinstance(sink, _H5Sink):
+        if not isinstance(sink, H5Sink):
             raise InputError(f"{self.path}: feature links need an HDF5 file; write .h5, or copy the features")
         level = self._levels.get(mag)
         if level is None or level.features is not None or self.coords_only:
             raise ValueError(f"{mag}: add the magnification first, and link or append its features once")
-        linked = sink.link(level.group, "features", Path(source).resolve(), dataset)
+        with deferred_signals():
+            linked = sink.link(level.group, "features", Path(source).resolve(), dataset)
         if linked.ndim != 2 or linked.shape[0] != level.rows:
             raise InputError(f"{source}: {dataset} has shape {linked.shape}, expected ({level.rows}, D); copy instead")
         level.features, level.written = linked, level.rows
 
-    def _open_sink(self) -> _H5Sink | _ZarrSink:
+    def _check(self) -> None:
+        """Stop at the first write the system refused (a full disk), rather than when the file is closed."""
+        error = getattr(self._sink, "guard", None) and self._sink.guard.error  # type: ignore[union-attr]
+        if error is not None:
+            raise output_error(self.path, error) from error
+
+    def _open_sink(self) -> H5Sink | ZarrSink:
         if self._sink is None:
             raise RuntimeError("BagWriter is used as a context manager: `with BagWriter(path) as writer:`")
         return self._sink
@@ -302,5 +279,19 @@ class BagWriter:
     def _remove_tmp(self) -> None:
         if self._tmp.is_dir():
             shutil.rmtree(self._tmp, ignore_errors=True)
-        elif self._tmp.exists():
-            self._tmp.unlink()
+        else:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+
+
+def remove_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files a killed writer of `path` left beside it (call it while holding `path`'s lock,
+    so that no live writer's file is taken); returns what was removed."""
+    path = Path(path)
+    removed = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for tmp in removed:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    return removed

@@ -33,7 +33,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        reason = (str(exc).strip().splitlines() or [""])[0]
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        if lines and lines[0].startswith("Weights only load failed"):  # skip torch's advice to unpickle anyway
+            found = [line for line in lines if "GLOBAL" in line or "global" in line.split()[:3]]
+            detail = found[0].rstrip(".") if found else "objects other than tensors"
+            raise InputError(
+                f"checkpoint '{path}' holds pickled objects, not only weights ({detail}); cmamil loads weights "
+                "only and refuses it: use a checkpoint written by cmamil train"
+            ) from exc
         raise InputError(
-            f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {reason}); delete it and retrain"
+            f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {lines[0] if lines else ''}); delete it "
+            "and retrain"
         ) from exc

@@ -3,7 +3,8 @@
 It serves every kind of model: a `BagTrainConfig` trains an aggregator on feature files, a
 `PatchTrainConfig` a patch classifier on image folders; they differ only in their task (data, model, step).
 A finished fold is skipped on rerun, an interrupted one resumes from its last epoch, and a run folder made
-with other options is refused unless `overwrite`.
+with other options is refused unless `overwrite`. Each fold trains under its lock file, so processes started
+on one run folder share the folds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cmamil.distributed import (SINGLE, World, gather, main_writes, process_grou
 from cmamil.environment import resolve_device, seed_everything
 from cmamil.errors import InputError, TrainingError
 from cmamil.evaluation.metrics import HEADLINE
+from cmamil.locks import try_lock
 from cmamil.notices import notice
 from cmamil.training.config import TrainConfig
 from cmamil.training.loop import LAST, fit
@@ -66,7 +68,7 @@ def run_training(config: TrainConfig,
                 log.info("fold %d is finished; skipping it", split.fold)
                 continue
             try:
-                train_fold(config, task, split, run, items.class_names, on_epoch, world)
+                _train_unless_locked(config, task, split, run, items.class_names, on_epoch, world)
             except Exception as exc:
                 if task.data_parallel or world.size == 1:
                     raise
@@ -75,6 +77,24 @@ def run_training(config: TrainConfig,
         _raise_failures(world, failed)
         summary = main_writes(world, lambda: _finish_run(run, config))
     return summary if summary is not None else json.loads((run.root / "summary.json").read_text())
+
+
+def _train_unless_locked(config: TrainConfig, task: Task, split: Split, run: RunFolder,
+                         class_names: Sequence[str], on_epoch: Callable[[int, dict[str, Any]], None] | None,
+                         world: World) -> None:
+    """Train the fold under its lock file; a fold another process holds (a SLURM array task, another machine)
+    is skipped. Ranks training one fold together with DDP are one job and take no lock (a rank skipping alone
+    would leave its peers waiting)."""
+    if task.data_parallel and world.size > 1:
+        train_fold(config, task, split, run, class_names, on_epoch, world)
+        return
+    lock = try_lock(run.root / f".fold_{split.fold}.lock")
+    if lock is None:
+        notice(f"fold {split.fold} is being trained by another process; skipping it here")
+        return
+    with lock:
+        if not run.fold_finished(split.fold) or config.overwrite:
+            train_fold(config, task, split, run, class_names, on_epoch, world)
 
 
 def _start_run(run: RunFolder, config: TrainConfig, task: Task, items: Items, splits: Sequence[Split],
