@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -16,7 +17,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import yaml
 
-__all__ = ["atomic_path", "write_csv", "write_json", "write_text", "write_yaml"]
+__all__ = ["atomic_path", "output_errors", "write_csv", "write_json", "write_text", "write_yaml"]
+
+# errors of writing that the user resolves by freeing space or choosing another place
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EACCES,
+                 errno.EPERM}
 
 
 @contextlib.contextmanager
@@ -28,9 +33,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)  # a failed write() names no file
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def output_errors(where: str | Path, hint: str = "free space or pass --out a writable folder") -> Iterator[None]:
+    """Turn a failure to write under `where` (full disk, file too large, read-only, a file in the way) into one
+    OutputError line; torch reports a failed save as a RuntimeError, which `save_checkpoint` makes an OSError."""
+    from cmamil.errors import OutputError
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        place = exc.filename or where
+        raise OutputError(f"cannot write {place}: {exc.strerror}; {hint}") from exc
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -1,4 +1,5 @@
-"""A torch Dataset of labelled bags, read from feature files through the store, or held in memory."""
+"""A torch Dataset of labelled bags, read from feature files through the store, or held in memory; a bag whose
+features hold NaN or Inf is refused when it is loaded."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cmamil.aggregators import Bag
+from cmamil.errors import InputError
 from cmamil.store import bag_id_from_path, read_bag
 
 __all__ = ["BagDataset", "FeatureScaler", "bag_loader", "fit_scaler"]
@@ -80,9 +82,20 @@ class BagDataset(Dataset):
         item = self.items[index]
         if not isinstance(item, Bag):
             item = read_bag(item, self.magnifications, bag_id=self.ids[index])
+        _check_finite(item, self.items[index])
         if self.scaler is not None:
             item = self.scaler(item)
         return item, torch.tensor([self.labels[index]])
+
+
+def _check_finite(bag: Bag, source: Path | Bag) -> None:
+    """A bag whose features hold NaN or Inf cannot train: one line naming the bag, magnification and file."""
+    for mag, x in bag.features.items():
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            where = f" ({source})" if isinstance(source, Path) else ""
+            raise InputError(f"bag {bag.bag_id}: its {mag} features hold {bad} NaN/Inf value(s){where}; re-extract "
+                             "this slide, or leave it out of the labels")
 
 
 def _item_id(item: Path | Bag) -> str:

@@ -1,7 +1,8 @@
-"""What a bag run was trained on: the labels file's content hash and the feature set's fingerprint.
+"""What a run was trained on: the labels file's content hash, the feature set's fingerprint, an image set's.
 
-Both go into the run's config.yaml (`data`), so that a rerun on changed labels or re-extracted features can be
-told apart from the run it claims to repeat.
+They go into the run's config.yaml (`data`, and the digests into the resume `fingerprint`'s `inputs`), so that
+a rerun on changed labels, re-extracted features or other images is refused instead of silently keeping the
+results of the run it claims to repeat.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["feature_set_fingerprint", "file_sha256"]
+__all__ = ["feature_set_fingerprint", "file_sha256", "files_sha256", "image_set_sha256"]
 
-# feature-file attributes that determine feature values, as `cmamil extract` writes them
-_VALUE_ATTRS = ("encoder", "encoder_weights", "encoder_options", "tile_px", "input_px", "precision", "fingerprint")
+# feature-file attributes that determine feature values, as `cmamil extract` writes them, and those that tell
+# one extraction of a slide from another (its source slide, when it was written)
+_VALUE_ATTRS = ("encoder", "encoder_weights", "encoder_options", "tile_px", "input_px", "precision", "fingerprint",
+                "source", "created")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -28,13 +31,18 @@ def file_sha256(path: str | Path) -> str:
 
 def feature_set_fingerprint(paths: Sequence[Path], magnifications: Sequence[str]) -> dict[str, Any]:
     """Encoder, weights hash, magnifications and tile size of a set of feature files, and one sha256 over every
-    file's value-determining attributes (a value that differs between files is listed with all its values)."""
+    file's value-determining attributes, tile counts and feature type (a value that differs between files is
+    listed with all its values). Files from other toolkits carry few attributes: for them the sha256 tells
+    other tile counts or file sizes apart, not other values of the same shape."""
     from cmamil.store import bag_info
 
     per_bag = []
     for path in paths:
-        attrs = bag_info(path).attrs
-        per_bag.append({"bag": path.name, **{k: attrs.get(k) for k in _VALUE_ATTRS if k in attrs}})
+        info = bag_info(path)
+        attrs = info.attrs
+        per_bag.append({"bag": path.name, "counts": info.counts, "dtype": info.features_dtype,
+                        "bytes": path.stat().st_size if path.is_file() else None,
+                        **{k: attrs.get(k) for k in _VALUE_ATTRS if k in attrs}})
     summary: dict[str, Any] = {"magnifications": list(magnifications)}
     for key in ("encoder", "encoder_weights", "tile_px"):
         values = sorted({json.dumps(bag.get(key)) for bag in per_bag})
@@ -42,3 +50,17 @@ def feature_set_fingerprint(paths: Sequence[Path], magnifications: Sequence[str]
     blob = json.dumps([per_bag, list(magnifications)], sort_keys=True, default=str).encode()
     summary["sha256"] = hashlib.sha256(blob).hexdigest()
     return summary
+
+
+def files_sha256(paths: Sequence[Path], root: Path) -> str:
+    """One sha256 over the names (relative to `root`) and contents of files, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(f"{Path(path).relative_to(root).as_posix()}\0{file_sha256(path)}\0".encode())
+    return digest.hexdigest()
+
+
+def image_set_sha256(digests: Sequence[tuple[str, str, str]]) -> str:
+    """One sha256 over (class, relative path, content sha256) of every image of a set, in sorted order: moving an
+    image to another class folder, or changing, adding or removing one, changes it; moving the set does not."""
+    return hashlib.sha256(json.dumps(sorted(map(list, digests))).encode()).hexdigest()

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from cmamil.aggregators import aggregator_loss, create_aggregator, forward_bag
 from cmamil.data.bags import BagDataset, FeatureScaler, bag_loader, fit_scaler
 from cmamil.data.labels import LabelTable, load_labelled_bags
-from cmamil.data.provenance import feature_set_fingerprint, file_sha256
+from cmamil.data.provenance import feature_set_fingerprint, file_sha256, files_sha256
 from cmamil.training.config import BagTrainConfig
 from cmamil.training.predictions import Predictions
 from cmamil.training.splits import Split, load_splits
@@ -32,9 +32,11 @@ class BagTask:
     def __init__(self, config: BagTrainConfig, class_names: tuple[str, ...] | None = None) -> None:
         self.config = config
         self.table: LabelTable = load_labelled_bags(config.features, config.labels, config.magnifications,
-                                                    class_names)
+                                                    class_names, config.no_group)
         self._loaders: dict[int, DataLoader] = {}
         self._eval_loaders: dict[int, DataLoader] = {}
+        self._inputs: dict[str, str] | None = None
+        self._feature_set: dict[str, Any] | None = None
 
     def items(self) -> Items:
         table = self.table
@@ -98,8 +100,21 @@ class BagTask:
                 "grouping": table.grouping.describe(),
                 "per_class": {n: int(c) for n, c in zip(table.class_names, counts)},
                 "magnifications": list(table.magnifications), "in_dim": table.in_dim,
-                "labels_sha256": file_sha256(self.config.labels),
-                "features": feature_set_fingerprint(table.paths, table.magnifications)}
+                "labels_sha256": self.inputs()["labels_sha256"], "features": self._features()}
+
+    def inputs(self) -> dict[str, str]:
+        if self._inputs is None:
+            config = self.config
+            self._inputs = {"labels_sha256": file_sha256(config.labels), "features_sha256": self._features()["sha256"]}
+            if config.splits is not None:
+                self._inputs["splits_sha256"] = files_sha256(list(config.splits.glob("*.csv")), config.splits)
+        return self._inputs
+
+    def _features(self) -> dict[str, Any]:
+        """The feature set's fingerprint (read once)."""
+        if self._feature_set is None:
+            self._feature_set = feature_set_fingerprint(self.table.paths, self.table.magnifications)
+        return self._feature_set
 
     def inspect(self, model, dataset, predictions, folder, device, writer) -> dict[str, Any]:
         return {}

@@ -3,7 +3,8 @@
 It serves every kind of model: a `BagTrainConfig` trains an aggregator on feature files, a
 `PatchTrainConfig` a patch classifier on image folders; they differ only in their task (data, model, step).
 A finished fold is skipped on rerun, an interrupted one resumes from its last epoch, and a run folder made
-with other options is refused unless `overwrite`.
+with other options or on other inputs (labels content, feature fingerprint, images) is refused unless
+`overwrite`. Nothing is written before the inputs are checked.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ from typing import Any, Callable, Sequence
 
 from torch.utils.tensorboard import SummaryWriter
 
-from cmamil.atomic import write_json
+from cmamil.atomic import output_errors, write_json
 from cmamil.data.patients import check_patients_apart
 from cmamil.environment import resolve_device, seed_everything
-from cmamil.errors import InputError
+from cmamil.errors import InputError, OutputError
 from cmamil.evaluation.metrics import HEADLINE
 from cmamil.notices import notice
 from cmamil.training.config import TrainConfig
-from cmamil.training.loop import LAST, fit
+from cmamil.training.loop import fit
 from cmamil.training.predictions import write_predictions
-from cmamil.training.run_folder import RunFolder
+from cmamil.training.run_folder import LAST, RunFolder
 from cmamil.training.splits import PARTS, Split, make_splits
 from cmamil.training.summary import summarize_run
 from cmamil.training.task import Items, Task
@@ -51,24 +52,37 @@ def run_training(config: TrainConfig,
                  on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train every unfinished fold of the run and return its summary (`format_summary` prints it).
 
-    `on_epoch(fold, row)` is called after every epoch with its history row.
+    Nothing is written before `plan_training`'s checks pass; a failure to write (full disk, read-only place, a
+    file where the folder should be) is one OutputError line. `on_epoch(fold, row)` is called after every epoch
+    with its history row.
     """
     task, items, splits = plan_training(config)
     run = RunFolder(config.out)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.write_config(config.kind, config.to_dict(), config.fingerprint(), items.class_names, task.describe())
-    run.save_splits(splits)
-    for split in splits:
-        if run.fold_finished(split.fold) and not config.overwrite:
-            log.info("fold %d is finished; skipping it", split.fold)
-            continue
-        train_fold(config, task, split, run, items.class_names, on_epoch)
-    summary = summarize_run(run.root)
-    if config.figures:
-        from cmamil.evaluation.report import write_figures
+    with output_errors(run.root):
+        _make_folder(run.root)
+        run.write_config(config.kind, config.to_dict(), {**config.fingerprint(), "inputs": task.inputs()},
+                         items.class_names, task.describe())
+        run.save_splits(splits)
+        for split in splits:
+            if run.fold_finished(split.fold) and not config.overwrite:
+                log.info("fold %d is finished; skipping it", split.fold)
+                continue
+            train_fold(config, task, split, run, items.class_names, on_epoch)
+        summary = summarize_run(run.root)
+        if config.figures:
+            from cmamil.evaluation.report import write_figures
 
-        write_figures(run.root)
+            write_figures(run.root)
     return summary
+
+
+def _make_folder(root: Path) -> None:
+    """Create the run folder; a place where none can be made is one line."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the run folder {root}: {exc.strerror} ({exc.filename or root}); pass "
+                          "--out a writable folder") from exc
 
 
 def train_fold(config: TrainConfig, task: Task, split: Split, run: RunFolder, class_names: Sequence[str],
@@ -120,22 +134,28 @@ def _epochs_done(folder: Path) -> int:
 def plan_training(config: TrainConfig) -> tuple[Task, Items, list[Split]]:
     """Check the inputs and settle the splits of a run, writing nothing (`cmamil train --dry-run` stops here).
 
-    Splits are those fixed by the input, else the run's saved ones (resuming), else new stratified grouped k-fold;
-    a patient on two sides of any fold is an error."""
+    A run folder whose folds have made progress is resumed only with the same options and inputs (labels content,
+    feature fingerprint, images), else refused (`overwrite` redoes it). Splits are those fixed by the input, else
+    the run's saved ones (resuming), else new stratified grouped k-fold; a patient on two sides of any fold is an
+    error. The model is built once, so that a bad model option or weights file fails here."""
     run = RunFolder(config.out)
-    if not config.overwrite:
+    resume = not config.overwrite and run.has_progress()
+    if resume:
         run.check_options(config.fingerprint())
-    task = create_task(config, None if config.overwrite else run.previous_classes())
+    task = create_task(config, run.previous_classes() if resume else None)
     items = task.items()
+    if resume:
+        run.check_inputs(task.inputs())
     notice(items.grouping.describe())
     splits = task.given_splits()
-    if splits is None and not config.overwrite:
+    if splits is None and resume:
         splits = run.saved_splits(items.ids)
     if splits is None:
         splits = make_splits(items.ids, items.labels, items.patients, folds=config.folds,
                              val_fraction=config.val_fraction, seed=config.seed, class_names=items.class_names,
                              unit=items.grouping.item)
     _check_patients(splits, items)
+    task.build_model()
     return task, items, splits
 
 
