@@ -34,7 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
-        exc.filename = exc.filename or str(path)  # a failed write() names no file
+        exc.filename = str(path)  # the file the user knows (a failed write() names none, open() the temporary one)
         raise
     finally:
         if tmp.exists():

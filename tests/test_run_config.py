@@ -125,3 +125,15 @@ def test_crossmag_config_file_flags_override_unknown_keys_and_its_saved_study_re
     assert refused.exit_code == 1 and refused.stderr.strip() == (
         f"Error: {bad}: unknown option(s) epoch; use the names of the long flags (see --help)")
     assert not (tmp_path / "never").exists()
+
+
+def test_random_weights_are_said_once_and_recorded_in_the_config(tmp_path):
+    root = write_patch_set(tmp_path / "set", sizes={"training": 4, "validation": 2, "testing": 2}, size=16)
+    out = tmp_path / "run"
+    result = _train("--images", root, "--out", out, "--model", "example_cnn", "--model-option", "img_size=32",
+                    "--epochs", 1, "--batch-size", 4, "--device", "cpu", "--num-workers", 0, "--explain", 0,
+                    "--embeddings", 0, "--no-figures")
+    said = [line for line in result.stderr.splitlines() if "random weights" in line]
+    assert said == ["note: example_cnn starts from random weights; pass --weights hub (published weights, where the "
+                    "model has them) or --weights FILE.pth to start from pretrained ones"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["initial_weights"] == "random"

@@ -13,8 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from torch.utils.tensorboard import SummaryWriter
-
 from cmamil.atomic import output_errors, write_json
 from cmamil.data.patients import check_patients_apart
 from cmamil.environment import resolve_device, seed_everything
@@ -28,7 +26,7 @@ from cmamil.training.run_folder import LAST, RunFolder
 from cmamil.training.splits import PARTS, Split, make_splits
 from cmamil.training.summary import summarize_run
 from cmamil.training.task import Items, Task
-from cmamil.training.tblog import log_evaluation, log_hparams
+from cmamil.training.tblog import event_writer, log_evaluation, log_hparams
 
 __all__ = ["create_task", "plan_training", "run_training", "train_fold"]
 
@@ -98,7 +96,7 @@ def train_fold(config: TrainConfig, task: Task, split: Split, run: RunFolder, cl
     meta = {"kind": config.kind, "model": config.model, "model_options": dict(config.model_options),
             "class_names": list(class_names), "fold": split.fold, **task.checkpoint_meta(data)}
     done = _epochs_done(folder)
-    with SummaryWriter(log_dir=str(folder), purge_step=done + 1 if done else None) as writer:
+    with event_writer(folder, purge_step=done + 1 if done else None) as writer:
         result = fit(task, data, model, config, folder, writer, device, meta, on_epoch)
         evaluations = {p: task.predict(result.model, data.part(p), device, use_amp)
                        for p in ("val", "test") if len(data.part(p))}
