@@ -137,3 +137,10 @@ def test_random_weights_are_said_once_and_recorded_in_the_config(tmp_path):
     assert said == ["note: example_cnn starts from random weights; pass --weights hub (published weights, where the "
                     "model has them) or --weights FILE.pth to start from pretrained ones"]
     assert yaml.safe_load((out / "config.yaml").read_text())["data"]["initial_weights"] == "random"
+
+
+def test_train_help_states_the_fold_size_rule():
+    from cmamil.training.config import FOLD_RULE
+
+    shown = " ".join(_train("--help").stdout.split())
+    assert " ".join(FOLD_RULE.split()) in shown

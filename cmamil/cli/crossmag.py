@@ -51,6 +51,7 @@ def crossmag(config_file: Path | None, **options: Any) -> None:
           --out runs/deit_crossmag
       cmamil crossmag --config runs/deit_crossmag/crossmag.yaml --out runs/deit_crossmag_again
     """
+    from cmamil.atomic import output_errors
     from cmamil.cli.train import build_config
     from cmamil.crossmag import CrossMagConfig, run_crossmag
 
@@ -65,6 +66,7 @@ def crossmag(config_file: Path | None, **options: Any) -> None:
         raise InputError("--model, --set (twice or more) and --out are required (on the command line or in "
                          "--config); see `cmamil crossmag --help`")
     training = build_config(PatchTrainConfig, {**given, "images": tuple(root for _, root in sets)}, "crossmag")
-    run_crossmag(CrossMagConfig(sets=sets, training=training, mixed=mixed))
+    with output_errors(training.out):
+        run_crossmag(CrossMagConfig(sets=sets, training=training, mixed=mixed))
     click.echo(f"study folder: {training.out}")
     click.echo((training.out / "crossmag.md").read_text().rstrip())
