@@ -184,3 +184,5 @@ def test_a_full_disk_while_training_is_one_line_in_a_real_child_process(limit, f
         "; free space or pass --out a writable folder"), child.stderr
     assert fails in lines[0] and ("File too large" in lines[0] or "the disk may be full" in lines[0])
     assert not list(run.glob("**/.*.tmp"))  # no temporary file left behind
+    _ok("train", "--features", folder, "--labels", labels, "--out", run, *BAGS)  # space freed: the rerun completes
+    assert len(json.loads((run / "summary.json").read_text())["folds"]) == 2
