@@ -20,13 +20,18 @@ import yaml
 
 from cmamil.errors import OutputError
 
-__all__ = ["atomic_path", "output_error", "writable_folder", "write_csv", "write_json", "write_text", "write_yaml"]
+__all__ = ["atomic_path", "output_error", "output_errors", "writable_folder", "write_csv", "write_json", "write_text",
+           "write_yaml"]
+
+# errors of writing that the user resolves by freeing space or choosing another place
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EACCES,
+                 errno.EPERM}
 
 
-def output_error(path: str | Path, exc: OSError) -> OutputError:
-    """One line for a write the system refused: where, why, and what to do."""
+def output_error(path: str | Path, exc: OSError, hint: str | None = None) -> OutputError:
+    """One line for a write the system refused: where, why, and what to do (`hint`, else by the error)."""
     reason = exc.strerror or type(exc).__name__
-    hint = {
+    hint = hint or {
         errno.ENOSPC: "free some space and rerun (finished work is kept)",
         errno.EDQUOT: "free some space and rerun (finished work is kept)",
         errno.EFBIG: "the file-size limit (ulimit -f) was reached; raise it and rerun (finished work is kept)",
@@ -37,6 +42,18 @@ def output_error(path: str | Path, exc: OSError) -> OutputError:
         errno.EEXIST: "a file stands where a folder should be; choose another --out",
     }.get(exc.errno or 0, "check the output place and rerun")
     return OutputError(f"cannot write {path}: {reason}; {hint}")
+
+
+@contextlib.contextmanager
+def output_errors(where: str | Path, hint: str | None = None) -> Iterator[None]:
+    """Turn a failure to write under `where` (full disk, file too large, read-only, a file in the way) into one
+    OutputError line; torch reports a failed save as a RuntimeError, which `save_checkpoint` makes an OSError."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise output_error(exc.filename or where, exc, hint) from exc
 
 
 def writable_folder(path: str | Path) -> Path:

@@ -172,9 +172,10 @@ class _Silent:
 
 
 def summary_writer(team: World, log_dir: Path, purge_step: int | None = None) -> Any:
-    """A TensorBoard SummaryWriter on the team's first rank; a writer that writes nothing on the others."""
+    """A TensorBoard writer (a context manager, see `cmamil.training.tblog.event_writer`) on the team's first rank;
+    a writer that writes nothing on the others."""
     if not team.main:
         return _Silent()
-    from torch.utils.tensorboard import SummaryWriter
+    from cmamil.training.tblog import event_writer
 
-    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+    return event_writer(log_dir, purge_step)

@@ -17,6 +17,14 @@ __all__ = [
 class CmamilError(Exception):
     """Base class of every error cmamil reports to a user as one line."""
 
+    def __str__(self) -> str:
+        text = super().__str__()
+        # torch re-raises an error of a DataLoader worker with the worker's traceback as its message: keep the
+        # original one line (the traceback's last line, "module.Type: message")
+        if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+            return text.rstrip().rsplit("\n", 1)[-1].split(": ", 1)[-1]
+        return text
+
 
 class InputError(CmamilError):
     """A file, folder, option or table given by the user cannot be used."""

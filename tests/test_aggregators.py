@@ -204,3 +204,26 @@ def test_bad_options_and_bags_give_clear_errors():
     bag.parents = {m: torch.full_like(p, -1) for m, p in bag.parents.items()}
     with pytest.raises(ValueError, match="needs parent links from 10x to 5x"):
         model(bag)
+
+
+def test_cma_mil_with_three_classes_says_that_subtyping_is_off(monkeypatch):
+    said = []
+    monkeypatch.setattr("cmamil.plugins.cma_mil.notice", said.append)
+    create_aggregator("cma_mil", in_dim=8, num_classes=3, magnifications=MAGS, dim=8)
+    create_aggregator("cma_mil", in_dim=8, num_classes=2, magnifications=MAGS, dim=8)
+    create_aggregator("cma_mil", in_dim=8, num_classes=3, magnifications=MAGS, dim=8, subtyping=True)
+    assert len(said) == 1 and said[0].startswith("cma_mil with 3 classes: subtyping is off, as in the reference code")
+
+
+def test_docs_list_every_departure_from_the_reference_and_abmil_names_its_clam_additions():
+    from pathlib import Path
+
+    from cmamil.plugins import abmil
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "training-mil.md").read_text()
+    departures = guide[guide.index("**Departures from the reference code**"):guide.index("### Who owns the loss")]
+    for item in ("*`cross_attention=local`* is a cmamil extension", "*`attn_weighting=exp_raw`*",
+                 "changes the\n  instance loss too", "*Out-of-class instance targets are 0.*",
+                 "*`dropout` is a probability*"):
+        assert item in departures, item
+    assert "CLAM-style additions" in abmil.__doc__

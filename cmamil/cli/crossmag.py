@@ -54,6 +54,7 @@ def crossmag(recipe: str | None, config_file: Path | None, **options: Any) -> No
       cmamil crossmag --config runs/deit_crossmag/crossmag.yaml --out runs/deit_crossmag_again
       cmamil crossmag --recipe magfusion --model swin_tiny --set 100x=b100 --set 400x=b400 --out runs/swin
     """
+    from cmamil.atomic import output_errors
     from cmamil.cli.train import build_config
     from cmamil.crossmag import CrossMagConfig, run_crossmag
 
@@ -71,7 +72,8 @@ def crossmag(recipe: str | None, config_file: Path | None, **options: Any) -> No
         raise InputError("--model, --set (twice or more) and --out are required (on the command line or in "
                          "--config); see `cmamil crossmag --help`")
     training = build_config(PatchTrainConfig, {**given, "images": tuple(root for _, root in sets)}, "crossmag")
-    run_crossmag(CrossMagConfig(sets=sets, training=training, mixed=mixed))
+    with output_errors(training.out):
+        run_crossmag(CrossMagConfig(sets=sets, training=training, mixed=mixed))
     from cmamil.distributed import detect_world
 
     if not detect_world().main:

@@ -276,8 +276,9 @@ SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                             "the patient id; a patient's images never straddle splits. Without it, "
                                             "BreakHis and TCGA file names are grouped by patient automatically."}),
     "no_group": (("--no-group",), {"is_flag": True,
-                                   "help": "Split by image even where file names name patients (states that images "
-                                           "are independent)."}),
+                                   "help": "Split per image (or per slide) even where names reveal patients "
+                                           "(BreakHis file names, TCGA barcodes): states that the items are "
+                                           "independent. Refused with a patient_id column in --labels."}),
     "split_names": (("--split-names",), {"help": "Comma-separated train,val,test folder names "
                                                   "[default: auto-detect]."}),
     "class_names": (("--class-names",), {

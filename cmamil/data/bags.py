@@ -1,4 +1,5 @@
-"""A torch Dataset of labelled bags, read from feature files through the store, or held in memory."""
+"""A torch Dataset of labelled bags, read from feature files through the store, or held in memory; a bag whose
+features hold NaN or Inf is refused when it is loaded."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cmamil.aggregators import Bag
+from cmamil.errors import InputError
 from cmamil.store import bag_id_from_path, read_bag
 
 __all__ = ["BagDataset", "FeatureScaler", "bag_loader", "concat_bags", "fit_scaler", "read_item"]
@@ -111,12 +113,26 @@ class BagDataset(Dataset):
 
 
 def read_item(item: Path | tuple[Path, ...] | Bag, magnifications: tuple[str, ...] | None, bag_id: str) -> Bag:
-    """The bag of a dataset item: a feature file read, a patient's files read and concatenated, or the Bag given."""
+    """The bag of a dataset item: a feature file read, a patient's files read and concatenated, or the Bag given;
+    features holding NaN or Inf are refused in one line."""
     if isinstance(item, tuple):
-        return concat_bags([read_bag(path, magnifications) for path in item], bag_id)
-    if isinstance(item, Bag):
-        return item
-    return read_bag(item, magnifications, bag_id=bag_id)
+        bags = [read_bag(path, magnifications) for path in item]
+        for bag, path in zip(bags, item):
+            _check_finite(bag, path)
+        return concat_bags(bags, bag_id)
+    bag = item if isinstance(item, Bag) else read_bag(item, magnifications, bag_id=bag_id)
+    _check_finite(bag, item)
+    return bag
+
+
+def _check_finite(bag: Bag, source: Path | Bag) -> None:
+    """A bag whose features hold NaN or Inf cannot train: one line naming the bag, magnification and file."""
+    for mag, x in bag.features.items():
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            where = f" ({source})" if isinstance(source, Path) else ""
+            raise InputError(f"bag {bag.bag_id}: its {mag} features hold {bad} NaN/Inf value(s){where}; re-extract "
+                             "this slide, or leave it out of the labels")
 
 
 def _item_id(item: Path | Bag) -> str:

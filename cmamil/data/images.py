@@ -5,13 +5,18 @@ Layouts read:
   ROOT/<class>/*.png                                                                (split by k-fold)
   FILE.npz with train_/val_/test_ images and labels (MedMNIST; see `cmamil.data.arrays`)
 Images may sit in sub-folders of a class folder (e.g. one per patient). PNG, JPEG, TIFF and BMP are
-read with Pillow and converted to RGB. A file Pillow cannot open is skipped and recorded, never fatal.
+read with Pillow and converted to RGB. Every file is checked in full when a folder is read (in threads; a PNG's
+chunks and checksums, other formats decoded, JPEG at 1/8 scale): a file that cannot be decoded (not an image,
+truncated) is skipped with a warning naming it and recorded (`ImageSet.skipped`), so training never stops on it.
 """
 
 from __future__ import annotations
 
-import logging
+import hashlib
+import io
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -28,6 +33,7 @@ from cmamil.data.arrays import (
     read_array_split,
 )
 from cmamil.errors import InputError
+from cmamil.notices import notice
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +45,7 @@ __all__ = [
     "ImageDataset",
     "ImagePart",
     "ImageSet",
+    "check_images",
     "find_split_folders",
     "image_loader",
     "open_image",
@@ -47,7 +54,6 @@ __all__ = [
     "read_split",
 ]
 
-log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 # canonical split -> folder names accepted for it, in order of preference
@@ -60,18 +66,20 @@ SPLITS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Labelled image files: paths, integer labels indexing `class_names`, skipped unreadable files, and the
-    channels the images carry (1 for grey arrays; files are read as RGB)."""
+    """Labelled image files: paths, integer labels indexing `class_names`, skipped unreadable files (path, reason),
+    the channels the images carry (1 for grey arrays; files are read as RGB), and the sha256 of every file's bytes
+    where the files were checked."""
 
     paths: tuple[Path, ...]
     labels: tuple[int, ...]
     class_names: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = ()
     channels: int = 3
+    digests: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if len(self.paths) != len(self.labels):
-            raise ValueError("paths and labels must have the same length")
+        if len(self.paths) != len(self.labels) or (self.digests and len(self.digests) != len(self.paths)):
+            raise ValueError("paths, labels (and digests) must have the same length")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -81,7 +89,7 @@ class ImageSet:
         index = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, dtype=int)
         return ImageSet(
             tuple(self.paths[i] for i in index), tuple(self.labels[i] for i in index), self.class_names,
-            self.skipped, self.channels,
+            self.skipped, self.channels, tuple(self.digests[i] for i in index) if self.digests else (),
         )
 
     def counts(self) -> dict[str, int]:
@@ -102,6 +110,7 @@ class ImageSet:
             names,
             tuple(item for s in sets for item in s.skipped),
             max(s.channels for s in sets),
+            tuple(d for s in sets for d in s.digests) if all(s.digests for s in sets) else (),
         )
 
 
@@ -172,22 +181,36 @@ def read_class_folders(folder: str | Path, class_names: Sequence[str] | None = N
             f"{folder} has class folder(s) {', '.join(unknown)} that the model was not trained on "
             f"(its classes: {', '.join(class_names)})"
         )
-    paths, labels, skipped = [], [], []
-    for label, name in enumerate(class_names):
-        for path in _image_files(folder / name):
-            reason = _unreadable(path)
-            if reason:
-                skipped.append((str(path), reason))
-                continue
-            paths.append(path)
-            labels.append(label)
+    found = [(path, label) for label, name in enumerate(class_names) for path in _image_files(folder / name)]
+    paths, labels, digests, skipped = [], [], [], []
+    for (path, label), (reason, digest) in zip(found, check_images([path for path, _ in found])):
+        if reason:
+            skipped.append((str(path), reason))
+            continue
+        paths.append(path)
+        labels.append(label)
+        digests.append(digest)
     if not paths:
         raise InputError(
             f"no images found under {folder}/<class>/ (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
-    for path, reason in skipped:
-        log.warning("skipping %s: %s", path, reason)
-    return ImageSet(tuple(paths), tuple(labels), class_names, tuple(skipped))
+    if skipped:
+        listed = "; ".join(f"skipping {path}: {reason}" for path, reason in skipped)
+        notice(f"{len(skipped)} image(s) under {folder} cannot be decoded and are left out (recorded in the run's "
+               f"config.yaml as data.skipped_images): {listed}")
+    return ImageSet(tuple(paths), tuple(labels), class_names, tuple(skipped), digests=tuple(digests))
+
+
+def check_images(paths: Sequence[Path]) -> list[tuple[str, str]]:
+    """For every file, why it cannot be decoded in full ('' when it can) and the sha256 of its bytes; files are
+    read in threads (decoding releases the GIL), with a progress bar on a terminal."""
+    from tqdm.auto import tqdm
+
+    if not paths:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(tqdm(pool.map(_check_image, paths), total=len(paths), desc="checking images", unit="image",
+                         leave=False, disable=None if len(paths) > 200 else True))
 
 
 def patient_groups(paths: Sequence[Path], pattern: str) -> list[str]:
@@ -270,10 +293,22 @@ def _image_files(folder: Path) -> list[Path]:
     )
 
 
-def _unreadable(path: Path) -> str:
-    """Why Pillow cannot open `path` (header check only), or '' when it can."""
+def _check_image(path: Path) -> tuple[str, str]:
+    """Why `path` cannot be decoded in full ('' when it can), and the sha256 of its bytes."""
     try:
-        Image.open(path).close()  # opening parses the header
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        return str(exc)
-    return ""
+        data = path.read_bytes()
+    except OSError as exc:
+        return exc.strerror or str(exc), ""
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "PNG":
+                image.verify()  # walks every chunk and its checksum without inflating: finds truncation fast
+            else:
+                image.draft("RGB", (1, 1))  # JPEG decodes at 1/8 scale, still reading the whole stream
+                image.load()
+    except UnidentifiedImageError:
+        return "not an image Pillow can read", digest
+    except (OSError, ValueError, SyntaxError) as exc:
+        return str(exc) or type(exc).__name__, digest
+    return "", digest

@@ -2,11 +2,11 @@
 
 labels.csv has the columns `slide_id,label` and optionally `patient_id` (slides of one patient never straddle
 folds); without it, patients are read from TCGA barcodes in the slide ids (`cmamil.data.patients`), else each slide
-is its own patient. With a slide table (`cmamil.data.cohorts`), labels.csv may be a patient table instead;
-`LabelTable.by_patient` makes one bag of all a patient's slides. Class names are the distinct labels, sorted
-(numerically when every label is an integer); class k is the k-th name. Every problem is reported at once: a
-blank or duplicate id, a blank label, a missing or unreadable feature file, a bag lacking a requested
-magnification, a feature size that differs from the others.
+is its own patient (as with `--no-group`, which states it). With a slide table (`cmamil.data.cohorts`), labels.csv
+may be a patient table instead; `LabelTable.by_patient` makes one bag of all a patient's slides. Class names are the
+distinct labels, sorted (numerically when every label is an integer); class k is the k-th name. Every problem is
+reported at once: a blank or duplicate id, a blank label, a missing or unreadable feature file, a bag lacking a
+requested magnification, a feature size that differs from the others.
 """
 
 from __future__ import annotations
@@ -85,19 +85,21 @@ def _class_order(names: set[str]) -> tuple[str, ...]:
 
 
 def read_labels(
-    path: str | Path, class_names: tuple[str, ...] | None = None, slide_table: str | Path | None = None
+    path: str | Path, class_names: tuple[str, ...] | None = None, slide_table: str | Path | None = None,
+    no_group: bool = False,
 ) -> LabelTable:
     """Read labels.csv (slide_id, label[, patient_id]) into a LabelTable without feature files; every bad row at once.
 
     With `class_names` (e.g. those of a run being resumed) a label outside them is an error; otherwise the
-    classes are the distinct labels. With `slide_table`, patients come from it (and labels may be per patient)."""
-    table, problems = _parse_labels(Path(path), class_names, slide_table)
+    classes are the distinct labels. With `slide_table`, patients come from it (and labels may be per patient).
+    `no_group` makes every slide its own patient (TCGA barcodes not read)."""
+    table, problems = _parse_labels(Path(path), class_names, slide_table, no_group)
     _raise_problems(Path(path), problems)
     return table
 
 
 def _parse_labels(
-    path: Path, class_names: tuple[str, ...] | None, slide_table: str | Path | None = None
+    path: Path, class_names: tuple[str, ...] | None, slide_table: str | Path | None = None, no_group: bool = False
 ) -> tuple[LabelTable, list[str]]:
     """The table of the well-formed rows, and one message per problem row."""
     if slide_table is not None:
@@ -113,6 +115,9 @@ def _parse_labels(
     if frame.empty:
         raise InputError(f"{path} has no rows")
     has_patients = "patient_id" in frame.columns
+    if has_patients and no_group:
+        raise InputError(f"{path} has a patient_id column but --no-group says the slides are independent; drop "
+                         "--no-group (splits then keep each patient's slides together) or the column")
     problems: list[str] = []
     seen: dict[str, int] = {}
     rows: list[tuple[str, str, str]] = []
@@ -135,7 +140,9 @@ def _parse_labels(
         if not any(bad):
             rows.append((slide, label, patient))
     source = f"the slide table {Path(slide_table).name}" if slide_table is not None else "the patient_id column"
-    if not has_patients:
+    if no_group:
+        source = "--no-group says the slides are independent"
+    elif not has_patients:
         found = known_patients([r[0] for r in rows])
         if found is not None and found[0] == "TCGA":
             rows = [(slide, label, patient) for (slide, label, _), patient in zip(rows, found[1])]
@@ -160,12 +167,14 @@ def load_labelled_bags(
     magnifications: tuple[str, ...] | None = None,
     class_names: tuple[str, ...] | None = None,
     slide_table: str | Path | None = None,
+    no_group: bool = False,
 ) -> LabelTable:
     """labels.csv matched to the feature files in `features`, every bag checked for `magnifications` (default:
-    those of the first bag) and one common feature size; all problems are reported in one error."""
+    those of the first bag) and one common feature size; all problems are reported in one error. `no_group` as in
+    `read_labels`."""
     from cmamil.store import bag_id_from_path, bag_info, list_bags
 
-    table, problems = _parse_labels(Path(labels), class_names, slide_table)
+    table, problems = _parse_labels(Path(labels), class_names, slide_table, no_group)
     if not Path(features).is_dir():
         raise InputError(f"feature folder {features} does not exist")
     files = {bag_id_from_path(path): path for path in list_bags(features)}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmamil.atomic import output_errors
 from cmamil.errors import InputError
 from cmamil.training.run_folder import RunFolder
 from cmamil.training.summary import format_summary, summarize_run
@@ -64,5 +65,6 @@ def report_run(run_dir: str | Path) -> tuple[str, list[Path]]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"run folder {run_dir} does not exist")
-    summary = summarize_run(run_dir)
-    return format_summary(summary), write_figures(run_dir)
+    with output_errors(run_dir, "free space, or make the run folder writable"):
+        summary = summarize_run(run_dir)
+        return format_summary(summary), write_figures(run_dir)

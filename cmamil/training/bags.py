@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from cmamil.aggregators import Bag, aggregator_loss, create_aggregator, forward_bag
 from cmamil.data.bags import BagDataset, FeatureScaler, bag_loader, fit_scaler, read_item
 from cmamil.data.labels import LabelTable, load_labelled_bags
-from cmamil.data.provenance import feature_set_fingerprint, file_sha256
+from cmamil.data.provenance import feature_set_fingerprint, file_sha256, files_sha256
 from cmamil.training.config import BagTrainConfig
 from cmamil.training.predictions import Predictions
 from cmamil.training.splits import Split, load_splits
@@ -39,12 +39,14 @@ class BagTask:
     def __init__(self, config: BagTrainConfig, class_names: tuple[str, ...] | None = None) -> None:
         self.config = config
         self.table: LabelTable = load_labelled_bags(config.features, config.labels, config.magnifications,
-                                                    class_names, config.slide_table)
+                                                    class_names, config.slide_table, config.no_group)
         if config.bag_by == "patient":
             self.table = self.table.by_patient()
         self._loaders: dict[int, DataLoader] = {}
         self._eval_loaders: dict[int, DataLoader] = {}
         self._cache: dict[Path | tuple[Path, ...], Bag] | None = {} if _fits_in_memory(self.table.paths) else None
+        self._inputs: dict[str, str] | None = None
+        self._feature_set: dict[str, Any] | None = None
 
     def items(self) -> Items:
         table = self.table
@@ -120,9 +122,25 @@ class BagTask:
                 "grouping": table.grouping.describe(),
                 "per_class": {n: int(c) for n, c in zip(table.class_names, counts)},
                 "magnifications": list(table.magnifications), "in_dim": table.in_dim,
-                "labels_sha256": file_sha256(self.config.labels),
-                **({"slide_table_sha256": file_sha256(self.config.slide_table)} if self.config.slide_table else {}),
-                "features": feature_set_fingerprint(_files(table.paths), table.magnifications)}
+                "labels_sha256": self.inputs()["labels_sha256"],
+                **({"slide_table_sha256": self.inputs()["slide_table_sha256"]} if self.config.slide_table else {}),
+                "features": self._features()}
+
+    def inputs(self) -> dict[str, str]:
+        if self._inputs is None:
+            config = self.config
+            self._inputs = {"labels_sha256": file_sha256(config.labels), "features_sha256": self._features()["sha256"]}
+            if config.slide_table is not None:
+                self._inputs["slide_table_sha256"] = file_sha256(config.slide_table)
+            if config.splits is not None:
+                self._inputs["splits_sha256"] = files_sha256(list(config.splits.glob("*.csv")), config.splits)
+        return self._inputs
+
+    def _features(self) -> dict[str, Any]:
+        """The feature set's fingerprint (read once)."""
+        if self._feature_set is None:
+            self._feature_set = feature_set_fingerprint(_files(self.table.paths), self.table.magnifications)
+        return self._feature_set
 
     def inspect(self, model, dataset, predictions, folder, device, writer) -> dict[str, Any]:
         return {}

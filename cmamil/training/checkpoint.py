@@ -6,6 +6,7 @@ options that rebuild the model), so loading one never runs code from the file.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,15 @@ __all__ = ["load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write `state` with torch.save under a temporary name, then rename it to `path`."""
+    """Write `state` with torch.save under a temporary name, then rename it to `path`; a failed write (torch
+    reports it as a RuntimeError) is an OSError of `path` (ENOSPC), as a plain write's would be."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            raise OSError(errno.ENOSPC, f"writing failed, the disk may be full ({reason})", str(path)) from exc
     return path
 
 

@@ -64,6 +64,7 @@ class TrainConfig:
     patience: int = 20
     min_epochs: int = 10
     val_fraction: float = 0.2
+    no_group: bool = False
     model_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     deterministic: bool = False
@@ -103,14 +104,25 @@ class TrainConfig:
     def _path_fields(cls) -> tuple[str, ...]:
         return ()
 
+    @classmethod
+    def _input_fields(cls) -> tuple[str, ...]:
+        """Fields naming input files or folders (recorded resolved)."""
+        return cls._path_fields()
+
     @property
     def kind(self) -> str:
         """'bags' or 'patches': which task trains this config."""
         return self.KIND
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (paths as strings, tuples as lists) for config.yaml."""
-        return {k: _plain(v) for k, v in asdict(self).items()}
+        """Plain values (paths as strings, tuples as lists) for config.yaml; input paths resolved, so that a run
+        started from another folder, or given absolute paths, records (and resumes) as the same run."""
+        values = asdict(self)
+        for name in self._input_fields():
+            value = values[name]
+            if value is not None:
+                values[name] = tuple(p.resolve() for p in value) if isinstance(value, tuple) else value.resolve()
+        return {k: _plain(v) for k, v in values.items()}
 
     def fingerprint(self) -> dict[str, Any]:
         """The options that determine what is trained (everything but the runtime ones)."""
@@ -164,7 +176,6 @@ class PatchTrainConfig(TrainConfig):
     amp: bool = True
     monitor: str = "f1_macro"
     group_by: str | None = None
-    no_group: bool = False
     split_names: tuple[str, ...] | None = None
     class_names: tuple[str, ...] | None = None
     batch_size: int = 32
@@ -176,6 +187,10 @@ class PatchTrainConfig(TrainConfig):
     weights: str | None = None
     explain: int = 8
     embeddings: int = 500
+
+    @classmethod
+    def _input_fields(cls) -> tuple[str, ...]:
+        return ("images",)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "images", tuple(Path(p) for p in self.images))

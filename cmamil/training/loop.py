@@ -31,7 +31,7 @@ from cmamil.training.checkpoint import load_checkpoint, save_checkpoint
 from cmamil.training.config import TrainConfig
 from cmamil.training.early_stopping import EarlyStopping
 from cmamil.training.optim import LRSchedule, build_optimizer
-from cmamil.training.run_folder import write_history
+from cmamil.training.run_folder import LAST, write_history
 from cmamil.training.task import FoldData, Task
 from cmamil.training.tblog import log_scalars
 
@@ -40,7 +40,6 @@ __all__ = ["CHECKPOINT", "FitResult", "LAST", "fit"]
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
-LAST = "last.pt"
 HISTORY_VAL = ("loss", "auc", "accuracy", "balanced_accuracy", "f1_macro")
 
 

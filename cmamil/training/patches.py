@@ -26,6 +26,7 @@ from cmamil.data.images import (
     read_class_folders,
 )
 from cmamil.data.patients import Grouping, image_grouping
+from cmamil.data.provenance import image_set_sha256
 from cmamil.distributed import current_world, gather
 from cmamil.errors import InputError
 from cmamil.models import create_model
@@ -156,6 +157,16 @@ class PatchTask:
                 "patients": len(set(self.patients)) if self.patients else None,
                 "grouping": self.grouping.describe(), "initial_weights": self.config.weights or "random",
                 "skipped_images": [list(item) for item in self.images.skipped]}
+
+    def inputs(self) -> dict[str, str]:
+        roots = [root.absolute() for root in self.config.images]
+        names = self.images.class_names
+        rows = []
+        for path, label, digest in zip(self.images.paths, self.images.labels, self.images.digests):
+            path = path.absolute()
+            index, root = next((i, r) for i, r in enumerate(roots) if path.is_relative_to(r))
+            rows.append((names[label], f"{index}/{path.relative_to(root).as_posix()}", digest))
+        return {"images_sha256": image_set_sha256(rows)}
 
     def inspect(self, model, dataset, predictions, folder: Path, device, writer) -> dict[str, Any]:
         from cmamil.evaluation.inspection import write_explanations, write_projector

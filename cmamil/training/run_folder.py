@@ -1,7 +1,8 @@
 """The run-folder contract, the same for every kind of model, and the one reader of finished runs.
 
-    runs/NAME/config.yaml          kind (bags | patches), every option, class names, data counts, versions,
-                                   world_size (processes that trained it)
+    runs/NAME/config.yaml          kind (bags | patches), every option, the fingerprint a resume must match
+                                   (options, and inputs: labels sha256, feature fingerprint, images), class
+                                   names, data counts, versions, world_size (processes that trained it)
     runs/NAME/splits/fold_K.csv    id,split (train | val | test): the items of each fold's parts
     runs/NAME/fold_K/              checkpoint.pt   best epoch's weights and what rebuilds the model
                                    last.pt         the latest epoch's full state while training (resume point)
@@ -13,8 +14,10 @@
     runs/NAME/summary.json|csv     per-fold test metrics and mean ± std
     runs/NAME/figures/             pooled ROC, PR, confusion matrix, per-fold training curves
 
-A fold is finished when its metrics.json exists; an unfinished fold resumes from last.pt. A run with split
-folders instead of k-fold has one fold, fold_0.
+A fold is finished when its metrics.json exists; an unfinished fold resumes from last.pt. A run whose folds have
+made progress is resumed only with the same options and inputs (else refused, or redone with --overwrite); a run
+folder with no progress (a failed start) is simply started again. A run with split folders instead of k-fold has
+one fold, fold_0.
 """
 
 from __future__ import annotations
@@ -28,10 +31,18 @@ from cmamil.atomic import write_csv, write_yaml
 from cmamil.errors import InputError
 from cmamil.training.splits import Split, load_splits, save_splits
 
-__all__ = ["FOLD_MARKER", "KINDS", "RunFolder", "write_history"]
+__all__ = ["FOLD_MARKER", "INPUTS", "KINDS", "LAST", "RunFolder", "write_history"]
 
 FOLD_MARKER = "metrics.json"
+LAST = "last.pt"
 KINDS = ("bags", "patches")
+# the inputs a run records (config.yaml: fingerprint.inputs) and a resume must match, as named to the user
+INPUTS = {
+    "labels_sha256": "the labels file's content",
+    "features_sha256": "the feature files (their fingerprint)",
+    "splits_sha256": "the --splits files",
+    "images_sha256": "the image files",
+}
 
 
 class RunFolder:
@@ -106,17 +117,32 @@ class RunFolder:
         """Class names of an existing run (so that resuming maps labels the same way), else None."""
         return self.class_names if self.config_path.is_file() else None
 
+    def has_progress(self) -> bool:
+        """Whether any fold has finished an epoch (a resume point or a finished fold): work a rerun must match."""
+        return any(self.root.glob(f"fold_*/{FOLD_MARKER}")) or any(self.root.glob(f"fold_*/{LAST}"))
+
     def check_options(self, fingerprint: dict[str, Any]) -> None:
-        """Refuse to resume a run made with other options (the fingerprint of its config)."""
+        """Refuse to resume a run made with other options (the fingerprint of its config, inputs aside)."""
         if not self.config_path.is_file():
             return
-        saved = self.read_config()
-        previous = saved.get("fingerprint", {})
-        now = json.loads(json.dumps(fingerprint))
+        previous = {k: v for k, v in self.read_config().get("fingerprint", {}).items() if k != "inputs"}
+        now = {k: v for k, v in json.loads(json.dumps(fingerprint)).items() if k != "inputs"}
         changed = sorted(k for k in set(previous) | set(now) if previous.get(k) != now.get(k))
         if changed:
             detail = ", ".join(f"{k}: {previous.get(k)!r} → {now.get(k)!r}" for k in changed)
             raise InputError(f"{self.root} was trained with other options ({detail}); use another --out or --overwrite")
+
+    def check_inputs(self, inputs: dict[str, str]) -> None:
+        """Refuse to resume a run made on other inputs (labels content, feature fingerprint, images, splits)."""
+        if not self.config_path.is_file():
+            return
+        previous = self.read_config().get("fingerprint", {}).get("inputs") or {}
+        changed = sorted(k for k in set(previous) | set(inputs) if previous.get(k) != inputs.get(k))
+        if changed:
+            detail = "; ".join(f"{INPUTS.get(k, k)} changed (sha256 {_short(previous.get(k))} → "
+                               f"{_short(inputs.get(k))})" for k in changed)
+            raise InputError(f"{self.root} was trained on other inputs: {detail}; use another --out, or --overwrite "
+                             "to retrain on these")
 
     def write_config(self, kind: str, options: dict[str, Any], fingerprint: dict[str, Any],
                      class_names: Sequence[str], data: dict[str, Any], world_size: int = 1) -> None:
@@ -144,6 +170,10 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     """history.csv: one row per epoch, every key of any row a column."""
     keys = list(dict.fromkeys(k for row in rows for k in row))
     write_csv(path, keys, [[_cell(row.get(k)) for k in keys] for row in rows])
+
+
+def _short(digest: str | None) -> str:
+    return "not recorded" if digest is None else f"{digest[:8]}…"
 
 
 def _cell(value: Any) -> Any:

@@ -3,8 +3,9 @@
 It serves every kind of model: a `BagTrainConfig` trains an aggregator on feature files, a
 `PatchTrainConfig` a patch classifier on image folders; they differ only in their task (data, model, step).
 A finished fold is skipped on rerun, an interrupted one resumes from its last epoch, and a run folder made
-with other options is refused unless `overwrite`. Each fold trains under its lock file, so processes started
-on one run folder share the folds.
+with other options or on other inputs (labels content, feature fingerprint, images) is refused unless
+`overwrite`. Nothing is written before the inputs are checked. Each fold trains under its lock file, so
+processes started on one run folder share the folds.
 """
 
 from __future__ import annotations
@@ -14,19 +15,19 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from cmamil.atomic import write_json
+from cmamil.atomic import output_errors, write_json
 from cmamil.data.patients import check_patients_apart
 from cmamil.distributed import (SINGLE, World, gather, main_writes, process_group, rank_device, summary_writer,
                                 wait)
 from cmamil.environment import resolve_device, seed_everything
-from cmamil.errors import InputError, TrainingError
+from cmamil.errors import InputError, OutputError, TrainingError
 from cmamil.evaluation.metrics import HEADLINE
 from cmamil.locks import try_lock
 from cmamil.notices import notice
 from cmamil.training.config import TrainConfig
-from cmamil.training.loop import LAST, fit
+from cmamil.training.loop import fit
 from cmamil.training.predictions import Predictions, write_predictions
-from cmamil.training.run_folder import RunFolder
+from cmamil.training.run_folder import LAST, RunFolder
 from cmamil.training.splits import PARTS, Split, make_splits
 from cmamil.training.summary import summarize_run
 from cmamil.training.task import Items, Task
@@ -55,27 +56,30 @@ def run_training(config: TrainConfig,
     """Train every unfinished fold of the run and return its summary (`format_summary` prints it).
 
     `on_epoch(fold, row)` is called after every epoch with its history row. Under torchrun, a data-parallel task
-    (patch images) trains each fold on every rank with DDP; otherwise (bags) fold k trains on rank k mod N."""
+    (patch images) trains each fold on every rank with DDP; otherwise (bags) fold k trains on rank k mod N.
+    Nothing is written before `plan_training`'s checks pass; a failure to write (full disk, read-only place, a
+    file where the folder should be) is one OutputError line."""
     task, items, splits = plan_training(config)
     with process_group(resolve_device(config.device), task.data_parallel) as world:
         wait(world)  # every rank has read the previous state of the run folder before rank 0 rewrites it
         run = RunFolder(config.out)
-        main_writes(world, lambda: _start_run(run, config, task, items, splits, world))
-        mine = splits if task.data_parallel else [s for s in splits if s.fold % world.size == world.rank]
-        failed = None
-        for split in mine:
-            if run.fold_finished(split.fold) and not config.overwrite:
-                log.info("fold %d is finished; skipping it", split.fold)
-                continue
-            try:
-                _train_unless_locked(config, task, split, run, items.class_names, on_epoch, world)
-            except Exception as exc:
-                if task.data_parallel or world.size == 1:
-                    raise
-                failed = exc  # peers finish their folds; every rank then learns of the failure
-                break
-        _raise_failures(world, failed)
-        summary = main_writes(world, lambda: _finish_run(run, config))
+        with output_errors(run.root):
+            main_writes(world, lambda: _start_run(run, config, task, items, splits, world))
+            mine = splits if task.data_parallel else [s for s in splits if s.fold % world.size == world.rank]
+            failed = None
+            for split in mine:
+                if run.fold_finished(split.fold) and not config.overwrite:
+                    log.info("fold %d is finished; skipping it", split.fold)
+                    continue
+                try:
+                    _train_unless_locked(config, task, split, run, items.class_names, on_epoch, world)
+                except Exception as exc:
+                    if task.data_parallel or world.size == 1:
+                        raise
+                    failed = exc  # peers finish their folds; every rank then learns of the failure
+                    break
+            _raise_failures(world, failed)
+            summary = main_writes(world, lambda: _finish_run(run, config))
     return summary if summary is not None else json.loads((run.root / "summary.json").read_text())
 
 
@@ -99,10 +103,10 @@ def _train_unless_locked(config: TrainConfig, task: Task, split: Split, run: Run
 
 def _start_run(run: RunFolder, config: TrainConfig, task: Task, items: Items, splits: Sequence[Split],
                world: World) -> None:
-    """config.yaml (with the number of processes) and the splits."""
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.write_config(config.kind, config.to_dict(), config.fingerprint(), items.class_names, task.describe(),
-                     world_size=world.size)
+    """config.yaml (with what a resume must match, and the number of processes) and the splits."""
+    _make_folder(run.root)
+    run.write_config(config.kind, config.to_dict(), {**config.fingerprint(), "inputs": task.inputs()},
+                     items.class_names, task.describe(), world_size=world.size)
     run.save_splits(splits)
 
 
@@ -125,6 +129,15 @@ def _raise_failures(world: World, failed: Exception | None) -> None:
     if others:
         raise TrainingError(f"a fold failed on another rank ({'; '.join(others)}); fix it and rerun: finished "
                             "folds are kept")
+
+
+def _make_folder(root: Path) -> None:
+    """Create the run folder; a place where none can be made is one line."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the run folder {root}: {exc.strerror} ({exc.filename or root}); pass "
+                          "--out a writable folder") from exc
 
 
 def train_fold(config: TrainConfig, task: Task, split: Split, run: RunFolder, class_names: Sequence[str],
@@ -189,22 +202,28 @@ def _epochs_done(folder: Path) -> int:
 def plan_training(config: TrainConfig) -> tuple[Task, Items, list[Split]]:
     """Check the inputs and settle the splits of a run, writing nothing (`cmamil train --dry-run` stops here).
 
-    Splits are those fixed by the input, else the run's saved ones (resuming), else new stratified grouped k-fold;
-    a patient on two sides of any fold is an error."""
+    A run folder whose folds have made progress is resumed only with the same options and inputs (labels content,
+    feature fingerprint, images), else refused (`overwrite` redoes it). Splits are those fixed by the input, else
+    the run's saved ones (resuming), else new stratified grouped k-fold; a patient on two sides of any fold is an
+    error. The model is built once, so that a bad model option or weights file fails here."""
     run = RunFolder(config.out)
-    if not config.overwrite:
+    resume = not config.overwrite and run.has_progress()
+    if resume:
         run.check_options(config.fingerprint())
-    task = create_task(config, None if config.overwrite else run.previous_classes())
+    task = create_task(config, run.previous_classes() if resume else None)
     items = task.items()
+    if resume:
+        run.check_inputs(task.inputs())
     notice(items.grouping.describe())
     splits = task.given_splits()
-    if splits is None and not config.overwrite:
+    if splits is None and resume:
         splits = run.saved_splits(items.ids)
     if splits is None:
         splits = make_splits(items.ids, items.labels, items.patients, folds=config.folds,
                              val_fraction=config.val_fraction, seed=config.seed, class_names=items.class_names,
                              unit=items.grouping.item)
     _check_patients(splits, items)
+    task.build_model()
     return task, items, splits
 
 

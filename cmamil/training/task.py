@@ -99,6 +99,9 @@ class Task(Protocol):
     def describe(self) -> dict[str, Any]:
         """Counts and notes on the input, for config.yaml."""
 
+    def inputs(self) -> dict[str, str]:
+        """A sha256 per input (labels, features, images; keys of `run_folder.INPUTS`) that a resume must match."""
+
     def inspect(self, model: nn.Module, dataset: Any, predictions: Predictions, folder: Path,
                 device: torch.device, writer: SummaryWriter) -> dict[str, Any]:
         """Extra outputs of a fold's test evaluation (overlays, embeddings); metrics entries to add."""

@@ -7,15 +7,39 @@ for scalars (e.g. `train/loss`, `val/auc`, `val/f1_macro`), `<split>/confusion_m
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Sequence
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
 from cmamil.evaluation.figures import plot_confusion_matrix
 
-__all__ = ["SCALAR_METRICS", "log_embeddings", "log_evaluation", "log_hparams", "log_scalars"]
+__all__ = ["SCALAR_METRICS", "event_writer", "log_embeddings", "log_evaluation", "log_hparams", "log_scalars"]
+
+@contextlib.contextmanager
+def event_writer(log_dir: Path, purge_step: int | None = None) -> Iterator[SummaryWriter]:
+    """A SummaryWriter into `log_dir`. A failed write (full disk) is raised by TensorBoard at the next write or at
+    close, naming the events file here; its background thread, which also prints it as a traceback, is kept quiet."""
+    previous = threading.excepthook
+
+    def quiet(args: threading.ExceptHookArgs) -> None:
+        if not (issubclass(args.exc_type, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+
+    threading.excepthook = quiet
+    try:
+        with SummaryWriter(log_dir=str(log_dir), purge_step=purge_step) as writer:
+            yield writer
+    except OSError as exc:
+        exc.filename = exc.filename or str(Path(log_dir) / "events.out.tfevents.*")
+        raise
+    finally:
+        threading.excepthook = previous
+
 
 SCALAR_METRICS = (
     "loss",
