@@ -1,17 +1,10 @@
-<<<<<<< HEAD
-"""Content hashes and fingerprints: a file's sha256, the fingerprint of a set of settings, and what a bag run was
-trained on (the labels file's hash and the feature set's fingerprint).
+"""Content hashes and fingerprints: what a feature file was made with and what a run was trained on.
 
 `cmamil extract` stores `settings_fingerprint` of everything that determines a bag's feature values in every
-feature file; a bag run records the labels' hash and the feature set's fingerprint in its config.yaml (`data`),
-so that a rerun on changed labels or re-extracted features can be told apart from the run it claims to repeat.
-=======
-"""What a run was trained on: the labels file's content hash, the feature set's fingerprint, an image set's.
-
-They go into the run's config.yaml (`data`, and the digests into the resume `fingerprint`'s `inputs`), so that
-a rerun on changed labels, re-extracted features or other images is refused instead of silently keeping the
-results of the run it claims to repeat.
->>>>>>> reltrain
+feature file. A run records the labels file's content hash, the feature set's fingerprint or an image set's hash
+in its config.yaml (`data`, and the digests in the resume `fingerprint`'s `inputs`), so that a rerun on changed
+labels, re-extracted features or other images is refused instead of silently keeping the results of the run it
+claims to repeat.
 """
 
 from __future__ import annotations
@@ -21,22 +14,16 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-<<<<<<< HEAD
-__all__ = ["extraction_recipe", "feature_set_fingerprint", "file_sha256", "settings_fingerprint"]
-
-# feature-file attributes that determine feature values, as `cmamil extract` writes them
-_VALUE_ATTRS = ("encoder", "encoder_weights", "encoder_options", "tile_px", "input_px", "precision", "fingerprint")
-# feature-file attributes that say how to tile and embed new slides exactly as the training features were made
-_RECIPE_ATTRS = ("encoder", "encoder_weights", "encoder_weights_file", "encoder_options", "input_px", "precision",
-                 "tile_px", "magnifications", "min_tissue", "tissue", "mpp", "mpp_source")
-=======
-__all__ = ["feature_set_fingerprint", "file_sha256", "files_sha256", "image_set_sha256"]
+__all__ = ["extraction_recipe", "feature_set_fingerprint", "file_sha256", "files_sha256", "image_set_sha256",
+           "settings_fingerprint"]
 
 # feature-file attributes that determine feature values, as `cmamil extract` writes them, and those that tell
 # one extraction of a slide from another (its source slide, when it was written)
 _VALUE_ATTRS = ("encoder", "encoder_weights", "encoder_options", "tile_px", "input_px", "precision", "fingerprint",
                 "source", "created")
->>>>>>> reltrain
+# feature-file attributes that say how to tile and embed new slides exactly as the training features were made
+_RECIPE_ATTRS = ("encoder", "encoder_weights", "encoder_weights_file", "encoder_options", "input_px", "precision",
+                 "tile_px", "magnifications", "min_tissue", "tissue", "mpp", "mpp_source")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -79,12 +66,12 @@ def feature_set_fingerprint(paths: Sequence[Path], magnifications: Sequence[str]
     return summary
 
 
-<<<<<<< HEAD
 def extraction_recipe(attrs: dict[str, Any]) -> dict[str, Any]:
     """The tiling and encoder settings recorded in a feature file's attributes, with which `cmamil predict`
     embeds new slides the same way (only those the file has)."""
     return {k: attrs[k] for k in _RECIPE_ATTRS if k in attrs}
-=======
+
+
 def files_sha256(paths: Sequence[Path], root: Path) -> str:
     """One sha256 over the names (relative to `root`) and contents of files, in sorted order."""
     digest = hashlib.sha256()
@@ -97,4 +84,3 @@ def image_set_sha256(digests: Sequence[tuple[str, str, str]]) -> str:
     """One sha256 over (class, relative path, content sha256) of every image of a set, in sorted order: moving an
     image to another class folder, or changing, adding or removing one, changes it; moving the set does not."""
     return hashlib.sha256(json.dumps(sorted(map(list, digests))).encode()).hexdigest()
->>>>>>> reltrain
