@@ -74,7 +74,7 @@ def test_predict_on_slides_equals_extract_then_predict_on_feature_files(trained,
                                             device="cpu", num_workers=0))
     assert from_slides.done == 2 and not from_slides.refused
     extract_slides([root / "new"], tmp_path / "feats", extract)
-    from_files = predict_run(PredictConfig(run=root / "run", inputs=(tmp_path / "feats",), out=tmp_path / "b",
+    predict_run(PredictConfig(run=root / "run", inputs=(tmp_path / "feats",), out=tmp_path / "b",
                                            device="cpu"))
     a, b = pd.read_csv(tmp_path / "a" / "predictions.csv"), pd.read_csv(tmp_path / "b" / "predictions.csv")
     assert list(a["id"]) == list(b["id"]) == ["n0", "n1"]
