@@ -94,6 +94,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         model_options=dict(config.encoder_options),
         input_px=config.tile_px,
         device=config.device,
+        seed=config.seed,
     )
     results = extract_slides(collect_slides([s.path for s in slides]), features_dir, extract)
     echo(f"      {time.perf_counter() - start:.0f} s")

@@ -46,3 +46,20 @@ def planted_files(tmp_path):
     labels = write_planted_cohort(folder, 12, slides_per_patient=2, dim=8, n_coarse=2,
                                   signal=PlantedSignal("20x", tiles=2, shift=5.0))
     return folder, labels
+
+
+@pytest.fixture
+def notices(caplog):
+    """`caplog` that holds cmamil's notices (`cmamil.notices.notice`), also after a CLI test in the same process
+    stopped them propagating to the root logger."""
+    import logging
+
+    from cmamil.notices import NOTICE_LOGGER
+
+    logger = logging.getLogger(NOTICE_LOGGER)
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger=NOTICE_LOGGER):
+            yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)

@@ -39,11 +39,10 @@ def cohort(tmp_path):
     return folder, slide_table, patients
 
 
-def test_patient_table_labels_every_slide_and_by_patient_concatenates_them(cohort, caplog):
+def test_patient_table_labels_every_slide_and_by_patient_concatenates_them(cohort, notices):
     folder, slide_table, patients = cohort
-    with caplog.at_level("INFO", logger="cmamil"):
-        table = load_labelled_bags(folder, patients, slide_table=slide_table)
-    assert "1 labelled patient(s) of" in caplog.text and "have no slide" in caplog.text and "(P99)" in caplog.text
+    table = load_labelled_bags(folder, patients, slide_table=slide_table)
+    assert "1 labelled patient(s) of" in notices.text and "have no slide" in notices.text and "(P99)" in notices.text
     assert table.slide_ids[:3] == ("p0_a", "p0_b", "p1_a") and table.patients[:3] == ("P0", "P0", "P1")
     assert table.labels[:4] == (0, 0, 1, 1) and table.class_names == ("negative", "positive")
     patients_table = table.by_patient()

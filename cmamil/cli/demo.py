@@ -14,7 +14,8 @@ __all__ = ["demo"]
 @click.command(context_settings={"show_default": True})
 @option("out", default=Path("cmamil-demo"),
         help="Folder for the cohort, feature files and runs; a rerun reuses finished stages.")
-@click.option("--slides", type=click.IntRange(min=4), default=96, help="Number of synthetic slides (one per patient).")
+@click.option("--slides", type=click.IntRange(min=4), default=None, show_default=False,
+              help="Number of synthetic slides (one per patient)  [default: the demo cohort's 144]")
 @click.option("--signal", type=click.FloatRange(min=0.0), default=1.0,
               help="Contrast of the planted fine texture (0 removes the signal: AUC should fall to chance).")
 @click.option("--folds", type=click.IntRange(min=2), default=5, help="Cross-validation folds.")
@@ -26,7 +27,7 @@ __all__ = ["demo"]
                    "on 20x only and on all magnifications, and mean_pool on the same features and splits, and print "
                    "one comparison table.")
 @option("device", default="auto")
-@option("seed", default=0, help="Seed of the cohort, the splits and training.")
+@option("seed", default=0, help="Seed of the cohort, the encoder's random weights, the splits and training.")
 def demo(out: Path, slides: int, signal: float, folds: int, epochs: int, cross_attention: str, compare: bool,
          device: str, seed: int) -> None:
     """Generate a synthetic cohort, tile and embed it at 5x/10x/20x, train CMA-MIL k-fold, and report.
@@ -47,7 +48,7 @@ def demo(out: Path, slides: int, signal: float, folds: int, epochs: int, cross_a
 
     config = DemoConfig(
         out=out,
-        cohort=CohortConfig(n_slides=slides, signal=signal, seed=seed),
+        cohort=CohortConfig(**({"n_slides": slides} if slides else {}), signal=signal, seed=seed),
         folds=folds,
         epochs=epochs,
         model_options={**DEMO_CMA_MIL, "cross_attention": cross_attention},
