@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -32,9 +32,15 @@ from cmamil.extract.batch import (
 )
 from cmamil.extract.encoder import PRECISIONS, Encoder
 from cmamil.extract.grid import NestedGrid, TilingConfig, load_grid, plan_tiles
-from cmamil.extract.loading import SlideTiles
+from cmamil.extract.loading import SlideTiles, fixed_batches
 from cmamil.extract.reader import open_slide
 from cmamil.store import bag_info, bag_path, is_complete
+
+if TYPE_CHECKING:
+    import torch
+
+    from cmamil.progress import Progress
+    from cmamil.store import BagWriter
 
 __all__ = ["BagJob", "BagPlan", "ExtractConfig", "Group", "extract_bags", "extract_slides", "manifest_name"]
 
@@ -63,6 +69,7 @@ class ExtractConfig:
     num_workers: int = 2
     device: str = "auto"
     precision: str = "fp32"
+    compile: bool = False
     storage: str = "h5"
     features_dtype: str = "float32"
     overwrite: bool = False
@@ -92,7 +99,7 @@ class ExtractConfig:
         """Build the encoder this configuration names, on its device and precision."""
         return Encoder(
             self.encoder, weights=self.weights, options=self.model_options, input_px=self.input_px,
-            device=self.device, precision=self.precision,
+            device=self.device, precision=self.precision, compile=self.compile,
         )
 
 
@@ -159,15 +166,16 @@ def extract_bags(
 
     `failed` are inputs that formed no job (e.g. images no bag takes); this shard's share is recorded too.
     """
-    from tqdm import tqdm
+    from cmamil.progress import Progress
 
     shard = resolve_shard(config.shard)
     duplicates = _duplicates(jobs)
     jobs = shard_items(jobs, shard)
     encoder: Encoder | None = None
     results: list[SlideResult] = shard_items(failed, shard)
+    progress = Progress("extract", total=len(jobs), unit="bag")
     try:
-        for job in tqdm(jobs, desc="extract", unit="bag", disable=None):
+        for job in jobs:
             start = time.perf_counter()
             try:
                 out_file = bag_path(out, job.bag_id, config.storage)  # type: ignore[arg-type]
@@ -175,7 +183,10 @@ def extract_bags(
             except CmamilError as exc:
                 finished = _failed(job, exc, 0.0)
             if finished is None:
-                encoder = encoder or config.build_encoder()  # a bad encoder stops the run, not one bag
+                if encoder is None:  # a bad encoder stops the run, not one bag
+                    encoder = config.build_encoder()
+                    if config.compile:
+                        encoder.warm_up(config.batch_size)
                 try:
                     counts = _write_bag(out_file, job.plan(encoder), encoder, config)
                     finished = SlideResult(job.bag_id, job.path, "done", counts, time.perf_counter() - start)
@@ -184,7 +195,9 @@ def extract_bags(
                         raise
                     finished = _failed(job, exc, time.perf_counter() - start)
             results.append(finished)
+            progress.advance(note=finished.describe(), worked=finished.status != "skipped")
     finally:
+        progress.close()
         write_manifest(out / manifest_name(shard), results, magnifications)
     return results
 
@@ -226,15 +239,17 @@ def _finished(job: BagJob, out_file: Path, config: ExtractConfig, duplicates: se
 
 
 def _write_bag(out_file: Path, plan: BagPlan, encoder: Encoder, config: ExtractConfig) -> dict[str, int]:
-    """Embed the plan's tiles chunk by chunk and stream the features into the bag's file (renamed when complete)."""
-    from tqdm import tqdm
+    """Embed the plan's tiles batch by batch and stream the features into the bag's file (renamed when complete).
 
+    Each batch is submitted before the previous one's features are written, so that on a GPU their copy to the
+    host and the file writes overlap the next batch's inference.
+    """
+    from cmamil.progress import Progress
     from cmamil.store import BagWriter
 
     workers = config.num_workers if len(plan.tiles) > 1 else 0
     loader = DataLoader(
-        plan.tiles, batch_size=None, shuffle=False, num_workers=workers,
-        pin_memory=encoder.device.type == "cuda", prefetch_factor=4 if workers else None,
+        plan.tiles, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=2 if workers else None,
     )
     names = [group.name for group in plan.groups]
     counts = {group.name: len(group.coords) for group in plan.groups}
@@ -242,20 +257,29 @@ def _write_bag(out_file: Path, plan: BagPlan, encoder: Encoder, config: ExtractC
     with plan.tiles, writer:
         for group in plan.groups:
             writer.add_magnification(group.name, group.coords, group.parent, group.attrs)
-        with tqdm(total=sum(counts.values()), desc=out_file.stem, unit="tile", leave=False, disable=None) as bar:
-            for chunk in loader:
-                if "error" in chunk:
-                    raise InputError(chunk["error"])
-                for start in range(0, len(chunk["pixels"]), config.batch_size):
-                    stop = start + config.batch_size
-                    features = encoder(chunk["pixels"][start:stop])
-                    mags = chunk["mag"][start:stop]
-                    for index, name in enumerate(names):
-                        selected = mags == index
-                        if selected.any():
-                            writer.append_features(name, features[selected])
-                    bar.update(len(features))
+        with Progress(out_file.stem, total=sum(counts.values()), unit="tile", leave=False) as progress:
+            pending = None
+            for pixels, mags in fixed_batches(loader, config.batch_size, pin=encoder.device.type == "cuda"):
+                submitted = encoder.submit(pixels), mags
+                if pending is not None:
+                    _append(writer, names, *pending, progress)
+                pending = submitted
+            if pending is not None:
+                _append(writer, names, *pending, progress)
     return counts
+
+
+def _append(
+    writer: BagWriter, names: Sequence[str], features: Callable[[], torch.Tensor], mags: torch.Tensor,
+    progress: Progress,
+) -> None:
+    """Write one embedded batch's features to their magnifications' groups."""
+    embedded = features()
+    for index, name in enumerate(names):
+        selected = mags == index
+        if selected.any():
+            writer.append_features(name, embedded[selected])
+    progress.advance(len(embedded))
 
 
 def _slide_planner(source: SlideSource, out: Path, config: ExtractConfig) -> Callable[[Encoder], BagPlan]:

@@ -23,7 +23,7 @@ ARCH = "resnet50.tv_in1k"
 @small_variant(img_size=64)
 def resnet50_trunc(*, num_classes: int = 0, weights: str | None = None, **options: Any) -> TimmPatchModel:
     """ResNet-50 up to layer3, average-pooled (8,543,296 parameters without a classifier)."""
-    options.pop("img_size", None)  # any input size works; the data config keeps 224
+    img_size = options.pop("img_size", None)  # a CNN takes any size: only the data config changes
     hub = weights is not None and str(weights) == HUB
     model = timm.create_model(ARCH, num_classes=0, **(weights_kwargs(weights) if hub else {}), **options)
     model.layer4 = nn.Identity()
@@ -32,4 +32,7 @@ def resnet50_trunc(*, num_classes: int = 0, weights: str | None = None, **option
     model.reset_classifier(num_classes)
     if not hub:
         load_local_weights(model, weights, name="resnet50_trunc", classifier="fc", dropped=("layer4.",))
-    return TimmPatchModel(model, timm.data.resolve_model_data_config(model))
+    config = dict(timm.data.resolve_model_data_config(model))
+    if img_size:
+        config["input_size"] = (3, int(img_size), int(img_size))
+    return TimmPatchModel(model, config)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,21 +43,21 @@ def tile(
       cmamil tile cohort.csv --out tiles/ --magnifications 5,10,20 --tile-px 224 --min-tissue 0.1,0.25,0.5
       cmamil tile scan.svs --out tiles/ --mpp 0.25 --tissue fluorescence
     """
-    from tqdm import tqdm
-
     from cmamil.extract.batch import collect_slides, write_manifest
     from cmamil.extract.tiling import tile_slides
+    from cmamil.progress import Progress
 
     sources = collect_slides(slides, exclude=out)
     if not sources:
         raise InputError(f"no slides found in {', '.join(map(str, slides))} (suffixes .svs .ndpi .tiff .mrxs …)")
     debug = bool(ctx.obj and ctx.obj.get("debug"))
     results = []
-    progress = tqdm(sources, desc="tile", unit="slide", disable=None)
-    for result in tile_slides(progress, out, tiling, storage=storage, overwrite=overwrite, qc=qc, debug=debug):
-        results.append(result)
-        if result.status == "failed":
-            tqdm.write(f"failed: {result.path}: {result.error}", file=sys.stderr)
+    with Progress("tile", total=len(sources), unit="slide") as progress:
+        for result in tile_slides(sources, out, tiling, storage=storage, overwrite=overwrite, qc=qc, debug=debug):
+            results.append(result)
+            if result.status == "failed":
+                progress.write(f"failed: {result.path}: {result.error}")
+            progress.advance(note=result.describe(), worked=result.status != "skipped")
     manifest = write_manifest(out / "tile_manifest.csv", results, tiling.names)
     status = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     tiles = {m: sum(r.counts.get(m, 0) for r in results) for m in tiling.names}
