@@ -154,8 +154,7 @@ def run_cmamil(slide: Path, encoder: str, batch_size: int, out: Path, args: argp
     keep_freed_memory()
     config = ExtractConfig(
         encoder=ENCODERS.get(encoder, encoder), input_px=224, tiling=TilingConfig(args.magnifications, tile_px=256),
-        batch_size=batch_size, num_workers=args.num_workers, device=args.device, overwrite=True,
-        **({"compile": True} if args.compile else {}),
+        batch_size=batch_size, num_workers=args.num_workers, device=args.device, overwrite=True, compile=args.compile,
     )
     [result] = extract_slides([slide], out, config)
     if result.status != "done":
@@ -247,9 +246,10 @@ def main() -> None:
                 runs.setdefault((f"{size[0]}x{size[1]}", encoder), []).append(
                     spawn(args, slides[size], "cmamil", encoder, **extra))
 
+    compiled = ", compiled" if args.compile else ""
     print(f"\nslide {sizes[0][0]} x {sizes[0][1]} px at 0.5 µm/px (20x), 256-px tiles resized to 224, batch "
-          f"{args.batch_size}, fp32, CPU; cmamil with {args.num_workers} worker(s){', compiled' if args.compile else ''}"
-          f"; medians of {args.rounds} interleaved round(s)")
+          f"{args.batch_size}, fp32, CPU; cmamil with {args.num_workers} worker(s){compiled}; medians of "
+          f"{args.rounds} interleaved round(s)")
     print("| encoder | CLAM tiles/s | CLAM GiB | cmamil tiles/s | cmamil GiB | speed ratio | memory ratio |")
     print("|---|---|---|---|---|---|---|")
     for encoder in encoders:

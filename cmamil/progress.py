@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 __all__ = ["Progress", "duration"]
 
@@ -36,7 +36,7 @@ class Progress:
 
     def __init__(
         self, desc: str, total: int, unit: str, *, interval: float = 30.0, leave: bool = True,
-        stream: TextIO | None = None, clock=time.monotonic,
+        stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from tqdm import tqdm
 
