@@ -16,6 +16,7 @@ Tiles/s per magnification is that magnification's tile count over the end-to-end
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +47,8 @@ def synthetic_slide(folder: Path, width: int, height: int, mpp: float) -> Path:
 def encoder_only(encoder, batch_size: int, seconds: float) -> float:
     """Tiles/s of the encoder on random uint8 batches for about `seconds` (after one warm-up batch)."""
     pixels = torch.randint(0, 256, (batch_size, encoder.input_px, encoder.input_px, 3), dtype=torch.uint8)
+    if encoder.device.type == "cuda":
+        pixels = pixels.pin_memory()
     encoder(pixels)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or done < 3 * batch_size:
@@ -71,6 +74,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--ceiling-seconds", type=float, default=10.0, help="Duration of each encoder-only run.")
     parser.add_argument("--default-malloc", action="store_true", help="Leave glibc malloc as it is (to compare).")
+    parser.add_argument("--compile", action="store_true", help="Compile the encoder (warm-up reported).")
+    parser.add_argument("--json", action="store_true", help="End with one JSON line of the figures.")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cmamil-bench")
     args = parser.parse_args()
 
@@ -82,8 +87,10 @@ def main() -> None:
         encoder=args.encoder, input_px=args.input_px or args.tile_px,
         tiling=TilingConfig(args.magnifications, tile_px=args.tile_px), batch_size=args.batch_size,
         num_workers=args.num_workers, device=args.device, precision=args.precision, overwrite=True,
+        compile=args.compile,
     )
     encoder = config.build_encoder()
+    warm_up = encoder.warm_up(args.batch_size)
     print(f"{args.encoder} on {encoder.device} ({args.precision}), input {encoder.input_px} px, batch "
           f"{args.batch_size}, {args.num_workers} workers, {torch.get_num_threads()} threads, "
           f"malloc {'default' if args.default_malloc else 'keeps freed memory'}")
@@ -101,7 +108,11 @@ def main() -> None:
         print(f"  {mag:>5}: {count:6d} tiles  {count / seconds:8.1f} tiles/s")
     print(f"  total: {total:6d} tiles  {total / seconds:8.1f} tiles/s end to end ({seconds:.1f} s)")
     print(f"encoder only: {ceiling:.1f} tiles/s (before {before:.1f}, after {after:.1f})")
-    print(f"ratio end to end / encoder only: {total / seconds / ceiling:.2f}")
+    print(f"ratio end to end / encoder only: {total / seconds / ceiling:.2f}; first batch (warm-up) {warm_up:.1f} s")
+    if args.json:
+        gpu = torch.cuda.max_memory_allocated() / 2**30 if encoder.device.type == "cuda" else 0.0
+        print(json.dumps({"tiles": total, "end_to_end": total / seconds, "encoder_only": ceiling,
+                          "warm_up_s": warm_up, "gpu_peak_gib": gpu}))
 
 
 if __name__ == "__main__":

@@ -150,11 +150,12 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] | None = None) -> i
 
 
 def load_local_weights(
-    model: nn.Module, weights: str | Path | None, *, name: str, classifier: str = "head"
+    model: nn.Module, weights: str | Path | None, *, name: str, classifier: str = "head", dropped: tuple[str, ...] = ()
 ) -> nn.Module:
     """Load a local .pth/.safetensors state dict into `model`; a classifier of another shape is re-initialised.
 
-    For models without published weights: None keeps the random initialisation, and 'hub' is refused.
+    For models without published weights: None keeps the random initialisation, and 'hub' is refused. Keys under
+    the `dropped` prefixes (parts a truncated model cut off) are ignored; every other key must fit.
     """
     if weights is None:
         return model
@@ -170,6 +171,7 @@ def load_local_weights(
         state = load_state_dict(str(path))
     except Exception as exc:
         raise InputError(f"cannot read weights '{path}' for model '{name}': {type(exc).__name__}: {exc}") from exc
+    state = {key: value for key, value in state.items() if not key.startswith(dropped)}
     own = model.state_dict()
     prefix = classifier + "."
     fits = {key: key in own and own[key].shape == value.shape for key, value in state.items()}

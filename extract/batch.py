@@ -56,6 +56,14 @@ class SlideResult:
     seconds: float = 0.0
     error: str = ""
 
+    def describe(self) -> str:
+        """'slide_1: done, 471 tiles in 50 s (9.4 tiles/s)': the outcome in a few words, for progress lines."""
+        tiles = sum(self.counts.values())
+        if self.status != "done":
+            return f"{self.slide_id}: {self.status}" + (f", {tiles} tiles" if tiles else "")
+        rate = f" ({tiles / self.seconds:.1f} tiles/s)" if self.seconds > 0 else ""
+        return f"{self.slide_id}: done, {tiles} tiles in {self.seconds:.0f} s{rate}"
+
 
 def collect_slides(inputs: Iterable[str | Path], *, exclude: Path | None = None) -> list[SlideSource]:
     """Slides named by `inputs`: slide files, folders (searched recursively for whole-slide suffixes) and CSV

@@ -3,13 +3,18 @@
 Tiles arrive as uint8 `(B, H, W, 3)` batches (what the DataLoader workers produce; 4× less to move than
 float32); normalisation runs on the device, and the `(B, 3, H, W)` view of an HWC batch is already channels-last,
 the layout convolutional encoders run fastest in. Reduced precision (fp16, bf16) is autocast on CUDA only: on
-CPUs without native bf16 it is many times slower than fp32.
+CPUs without native bf16 it is many times slower than fp32. On CUDA, `submit` copies the features back to pinned
+host memory in the background, so the next batch starts before the previous one's features reach the CPU.
+`compile=True` runs the model through `torch.compile` for one fixed batch shape (`warm_up` compiles it and
+reports how long that took; a short last batch is padded to that shape).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -19,6 +24,8 @@ from cmamil.errors import InputError, PluginError
 from cmamil.notices import notice
 
 __all__ = ["PRECISIONS", "Encoder", "weights_digest"]
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -67,6 +74,7 @@ class Encoder:
         device: str = "auto",
         precision: str = "fp32",
         seed: int = 0,
+        compile: bool = False,
     ) -> None:
         from cmamil.models import create_model
 
@@ -102,7 +110,12 @@ class Encoder:
         std = torch.tensor(self.data_config.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self._scale = 1.0 / (255.0 * std)
         self._shift = mean / std
+        self.batch_size: int | None = None
+        self.compiled = False
+        self._forward = model.forward_features
         self._check_input()
+        if compile:
+            self._forward, self.compiled = torch.compile(model.forward_features, dynamic=False), True
 
     def _check_input(self) -> None:
         """Embed one blank tile, so a model that cannot take `input_px` fails here with one line."""
@@ -129,12 +142,42 @@ class Encoder:
         """Pooled (B, D) features of a prepared batch, on the device (autocast in fp16/bf16 on CUDA)."""
         dtype = PRECISIONS[self.precision]
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            return self.model.forward_features(x)
+            return self._forward(x)
+
+    def warm_up(self, batch_size: int) -> float:
+        """Run one blank batch of `batch_size` (compiling a compiled model for that shape); returns its seconds."""
+        start = time.perf_counter()
+        self.batch_size = batch_size
+        self(torch.zeros(batch_size, self.input_px, self.input_px, 3, dtype=torch.uint8))
+        seconds = time.perf_counter() - start
+        if self.compiled:
+            log.info("encoder %s compiled for batches of %d in %.1f s", self.name, batch_size, seconds)
+        return seconds
+
+    def submit(self, pixels: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """Start embedding a uint8 (B, H, W, 3) batch; the returned function gives its (B, D) float32 CPU
+        features (on CUDA it waits for their background copy to pinned memory)."""
+        count = len(pixels)
+        if self.compiled and self.batch_size and count < self.batch_size:
+            pixels = torch.cat([pixels, pixels.new_zeros(self.batch_size - count, *pixels.shape[1:])])
+        with torch.inference_mode():
+            features = self.embed(self.prepare(pixels))[:count].float()
+            if self.device.type != "cuda":
+                return lambda: features
+            host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
+            host.copy_(features, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+
+        def result() -> torch.Tensor:
+            copied.synchronize()
+            return host
+
+        return result
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         """Features (B, D) float32 on the CPU of a uint8 (B, H, W, 3) tile batch."""
-        with torch.inference_mode():
-            return self.embed(self.prepare(pixels)).float().cpu()
+        return self.submit(pixels)()
 
     @property
     def attrs(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -36,13 +36,19 @@ from cmamil.extract.batch import (
 )
 from cmamil.extract.encoder import PRECISIONS, Encoder, weights_digest
 from cmamil.extract.grid import NestedGrid, TilingConfig, check_same_tiling, load_grid, plan_tiles
-from cmamil.extract.loading import SlideTiles
+from cmamil.extract.loading import SlideTiles, fixed_batches
 from cmamil.extract.reader import open_slide
 from cmamil.extract.resume import BagSettings, check_folder, finished_counts, tiling_settings
 from cmamil.interrupt import Interrupted
 from cmamil.locks import try_lock
 from cmamil.notices import notice
 from cmamil.store import bag_path, remove_temporaries
+
+if TYPE_CHECKING:
+    import torch
+
+    from cmamil.progress import Progress
+    from cmamil.store import BagWriter
 
 __all__ = ["BagJob", "BagPlan", "ExtractConfig", "Group", "extract_bags", "extract_slides", "manifest_name"]
 
@@ -71,6 +77,7 @@ class ExtractConfig:
     num_workers: int = 2
     device: str = "auto"
     precision: str = "fp32"
+    compile: bool = False
     storage: str = "h5"
     features_dtype: str = "float32"
     overwrite: bool = False
@@ -127,7 +134,7 @@ class ExtractConfig:
         """Build the encoder this configuration names, on its device and precision."""
         return Encoder(
             self.encoder, weights=self.weights, options=self.model_options, input_px=self.input_px,
-            device=self.device, precision=self.precision, seed=self.seed,
+            device=self.device, precision=self.precision, seed=self.seed, compile=self.compile,
         )
 
     def encoder_settings(self) -> dict[str, Any]:
@@ -217,7 +224,7 @@ def extract_bags(
     `failed` are inputs that formed no job (e.g. images no bag takes); this shard's share is recorded too. A
     folder holding features of other settings is refused before any work (unless `config.overwrite`).
     """
-    from tqdm import tqdm
+    from cmamil.progress import Progress
 
     writable_folder(out)
     shard = resolve_shard(config.shard)
@@ -232,18 +239,21 @@ def extract_bags(
     encoder: list[Encoder] = []
     results: list[SlideResult] = shard_items(failed, shard)
     job: BagJob | None = None
+    progress = Progress("extract", total=len(shard_items(jobs, shard)), unit="bag")
     try:
-        for job in tqdm(shard_items(jobs, shard), desc="extract", unit="bag", disable=None):
+        for job in shard_items(jobs, shard):
             result = _run_job(job, out, config, settings[job.bag_id], duplicates, encoder, debug)
             if result.status == "failed":
                 report_failure(result)
             results.append(result)
+            progress.advance(note=result.describe(), worked=result.status not in ("skipped", "busy"))
             job = None
     except Interrupted as exc:
         if job is not None:
             results.append(SlideResult(job.bag_id, job.path, "failed", error=f"{exc}; rerun to extract it"))
         raise
     finally:
+        progress.close()
         write_manifest(out / manifest_name(shard), results, magnifications)
     return results
 
@@ -276,6 +286,8 @@ def _run_job(job: BagJob, out: Path, config: ExtractConfig, settings: BagSetting
             return _failed(job, exc, 0.0)
         if not encoder:
             encoder.append(config.build_encoder())
+            if config.compile:
+                encoder[0].warm_up(config.batch_size)
         try:
             counts = _write_bag(out_file, job.plan(encoder[0]), encoder[0], config, settings)
         except Exception as exc:
@@ -307,15 +319,17 @@ def _duplicates(jobs: Sequence[BagJob]) -> set[str]:
 
 def _write_bag(out_file: Path, plan: BagPlan, encoder: Encoder, config: ExtractConfig,
                settings: BagSettings) -> dict[str, int]:
-    """Embed the plan's tiles chunk by chunk and stream the features into the bag's file (renamed when complete)."""
-    from tqdm import tqdm
+    """Embed the plan's tiles batch by batch and stream the features into the bag's file (renamed when complete).
 
+    Each batch is submitted before the previous one's features are written, so that on a GPU their copy to the
+    host and the file writes overlap the next batch's inference.
+    """
+    from cmamil.progress import Progress
     from cmamil.store import BagWriter
 
     workers = config.num_workers if len(plan.tiles) > 1 else 0
     loader = DataLoader(
-        plan.tiles, batch_size=None, shuffle=False, num_workers=workers,
-        pin_memory=encoder.device.type == "cuda", prefetch_factor=4 if workers else None,
+        plan.tiles, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=2 if workers else None,
     )
     names = [group.name for group in plan.groups]
     counts = {group.name: len(group.coords) for group in plan.groups}
@@ -324,20 +338,29 @@ def _write_bag(out_file: Path, plan: BagPlan, encoder: Encoder, config: ExtractC
     with plan.tiles, writer:
         for group in plan.groups:
             writer.add_magnification(group.name, group.coords, group.parent, group.attrs)
-        with tqdm(total=sum(counts.values()), desc=out_file.stem, unit="tile", leave=False, disable=None) as bar:
-            for chunk in loader:
-                if "error" in chunk:
-                    raise InputError(chunk["error"])
-                for start in range(0, len(chunk["pixels"]), config.batch_size):
-                    stop = start + config.batch_size
-                    features = encoder(chunk["pixels"][start:stop])
-                    mags = chunk["mag"][start:stop]
-                    for index, name in enumerate(names):
-                        selected = mags == index
-                        if selected.any():
-                            writer.append_features(name, features[selected])
-                    bar.update(len(features))
+        with Progress(out_file.stem, total=sum(counts.values()), unit="tile", leave=False) as progress:
+            pending = None
+            for pixels, mags in fixed_batches(loader, config.batch_size, pin=encoder.device.type == "cuda"):
+                submitted = encoder.submit(pixels), mags
+                if pending is not None:
+                    _append(writer, names, *pending, progress)
+                pending = submitted
+            if pending is not None:
+                _append(writer, names, *pending, progress)
     return counts
+
+
+def _append(
+    writer: BagWriter, names: Sequence[str], features: Callable[[], torch.Tensor], mags: torch.Tensor,
+    progress: Progress,
+) -> None:
+    """Write one embedded batch's features to their magnifications' groups."""
+    embedded = features()
+    for index, name in enumerate(names):
+        selected = mags == index
+        if selected.any():
+            writer.append_features(name, embedded[selected])
+    progress.advance(len(embedded))
 
 
 def _slide_planner(source: SlideSource, out: Path, config: ExtractConfig) -> Callable[[Encoder], BagPlan]:

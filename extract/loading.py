@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from cmamil.errors import CmamilError, InputError
 from cmamil.extract.grid import NestedGrid
 from cmamil.extract.reader import SlideReader, open_slide
 
-__all__ = ["ImageInstances", "ImageTiles", "SlideTiles", "resample_filter"]
+__all__ = ["ImageInstances", "ImageTiles", "SlideTiles", "fixed_batches", "resample_filter"]
 
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -60,6 +60,35 @@ def _chunks(sizes: np.ndarray, max_tiles: int) -> list[tuple[int, int]]:
     if total:
         chunks.append((start, len(sizes)))
     return chunks
+
+
+def fixed_batches(
+    chunks: Iterable[dict[str, Any]], batch_size: int, *, pin: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Regroup chunks of tiles into (pixels, mag) batches of exactly `batch_size` tiles, in order (the last may be
+    short); a chunk's error is raised as an InputError.
+
+    Chunks hold whole regions, so their sizes vary: fed as they come, every new batch shape makes the encoder's
+    allocator and kernels keep buffers of one more size. `pin` puts each batch in page-locked memory (CUDA).
+    """
+    pixels: list[torch.Tensor] = []
+    mags: list[torch.Tensor] = []
+    held = 0
+    for chunk in chunks:
+        if "error" in chunk:
+            raise InputError(chunk["error"])
+        pixels.append(chunk["pixels"])
+        mags.append(chunk["mag"])
+        held += len(chunk["mag"])
+        while held >= batch_size:
+            all_pixels, all_mags = torch.cat(pixels), torch.cat(mags)
+            batch = all_pixels[:batch_size]
+            yield (batch.pin_memory() if pin else batch), all_mags[:batch_size]
+            pixels, mags = [all_pixels[batch_size:]], [all_mags[batch_size:]]
+            held -= len(batch)
+    if held:
+        batch = torch.cat(pixels)
+        yield (batch.pin_memory() if pin else batch), torch.cat(mags)
 
 
 def _error(exc: CmamilError) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from cmamil.errors import InputError, PluginError
 from cmamil.extract.encoder import Encoder
 from cmamil.extract.features import ExtractConfig, extract_slides
 from cmamil.extract.grid import TilingConfig, plan_tiles
+from cmamil.extract.loading import fixed_batches
 from cmamil.extract.reader import OpenSlideReader, open_slide
 from cmamil.synthetic import Region, SyntheticTissue, write_slide
 from cmamil.models import create_model
@@ -198,6 +199,7 @@ def test_bad_inputs_are_recorded_and_the_rest_extracted(cohort, tmp_path):
     assert result.exit_code == 1
     assert "4 bags: 1 extracted, 0 skipped (already extracted), 3 failed" in result.output
     assert "Error: 3 of 4 bags failed" in result.output
+    assert "extract: 3/4 bags (good: done, 132 tiles in " in result.output and " s/bag, " in result.output
     rows = manifest(out / "extract_manifest.csv")
     assert rows["good"]["status"] == "done" and (out / "good.h5").exists()
     assert "OpenSlide does not recognise broken.svs" in rows["broken"]["error"]
@@ -205,6 +207,20 @@ def test_bad_inputs_are_recorded_and_the_rest_extracted(cohort, tmp_path):
     assert "nompp.tiff has no resolution metadata" in rows["nompp"]["error"] and "--mpp" in rows["nompp"]["error"]
     assert {rows[k]["status"] for k in ("broken", "blank", "nompp")} == {"failed"}
     assert sorted(p.name for p in out.iterdir()) == ["extract_manifest.csv", "good.h5"]
+
+
+def test_fixed_batches_regroup_chunks_in_order_and_raise_a_worker_error():
+    chunks, start = [], 0
+    for n in (21, 17, 30, 5):  # whole regions of a nested grid: sizes vary
+        rows = torch.arange(start, start + n)
+        chunks.append({"pixels": rows.to(torch.uint8).view(n, 1, 1, 1).expand(n, 2, 2, 3), "mag": rows % 3})
+        start += n
+    batches = list(fixed_batches(chunks, 16))
+    assert [len(pixels) for pixels, _ in batches] == [16, 16, 16, 16, 9]
+    assert torch.equal(torch.cat([pixels[:, 1, 1, 2] for pixels, _ in batches]), torch.arange(73, dtype=torch.uint8))
+    assert torch.equal(torch.cat([mags for _, mags in batches]), torch.arange(73) % 3)
+    with pytest.raises(InputError, match="bad read"):
+        list(fixed_batches([chunks[0], {"error": "bad read"}], 16))
 
 
 def test_shards_cover_every_bag_exactly_once(cohort, tmp_path, monkeypatch):

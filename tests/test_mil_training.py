@@ -159,6 +159,7 @@ def test_cli_trains_cma_mil_end_to_end_and_reports(planted_files, tmp_path):
     report = CliRunner().invoke(main, ["report", str(run)])
     assert report.exit_code == 0, report.output
     assert report.output.splitlines()[:5] == lines[:5] and lines[4] == "mean ± sample std over 2 folds"
+    assert "fold 0 epoch 1/1: train loss " in result.stderr and ", val auc " in result.stderr  # a log file's line
     assert "note: splits keep each patient's slides together (6 patients, 12 slides; patients from the patient_id " \
            "column)" in result.stderr
     assert "figures: 5 written" in report.output and (run / "figures" / "fold_0_training.png").is_file()

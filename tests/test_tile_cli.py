@@ -43,6 +43,7 @@ def test_tile_a_folder_writes_coordinate_files_qc_and_manifest(slides, tmp_path)
     result = CliRunner().invoke(main, ["tile", str(slides), "--out", str(out), "--tile-px", "64"])
     assert result.exit_code == 0, result.output
     assert "2 slides: 2 tiled, 0 skipped" in result.output
+    assert "tile: 1/2 slides (alpha: done, " in result.output  # progress lines when not on a terminal
     rows = manifest(out)
     assert {k: rows[k]["status"] for k in rows} == {"alpha": "done", "beta": "done"}
     for slide_id, mpp in (("alpha", 0.5), ("beta", 0.25)):

@@ -36,6 +36,9 @@ __all__ = ["extract"]
         help="auto uses CUDA when a GPU is visible (under torchrun: the rank's GPU).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Encoder arithmetic; fp16/bf16 autocast on CUDA only.")
+@click.option("--compile", is_flag=True,
+              help="Run the encoder through torch.compile (a warm-up of seconds to minutes, then faster batches; "
+                   "worth it for large slides or many bags).")
 @click.option("--features-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Stored feature dtype.")
 @click.option("--images", multiple=True, metavar="MAG=DIR",
@@ -76,6 +79,8 @@ def extract(
     Examples:
       cmamil extract slides/ --out features/ --encoder deit_small --magnifications 5,10,20
       cmamil extract cohort.csv --out features/ --encoder timm:resnet50 --weights resnet50.pth --device cuda
+      cmamil extract slides/ --out features/ --encoder resnet50_trunc --weights resnet50.pth --tile-px 256 \\
+          --input-px 224 --magnifications 20                          # CLAM's resnet50_trunc features
       cmamil extract slides/ --out features/ --encoder timm:resnet18 --tile-px 64 --input-px 64 --shard 0/4
       cmamil extract --images 100x=BreaKHis/100X --images 400x=BreaKHis/400X --out feats/ --encoder deit_small \\
           --bag-by 'SOB_\\w_\\w+-(?P<patient>\\d+-\\w+)-'

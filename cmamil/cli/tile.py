@@ -43,11 +43,10 @@ def tile(
       cmamil tile cohort.csv --out tiles/ --magnifications 5,10,20 --tile-px 224 --min-tissue 0.1,0.25,0.5
       cmamil tile scan.svs --out tiles/ --mpp 0.25 --tissue fluorescence
     """
-    from tqdm import tqdm
-
     from cmamil.atomic import writable_folder
     from cmamil.extract.batch import collect_slides, report_failure, summarize, write_manifest
     from cmamil.extract.tiling import tile_slides
+    from cmamil.progress import Progress
 
     sources = collect_slides(slides, exclude=out)
     if not sources:
@@ -55,13 +54,14 @@ def tile(
     writable_folder(out)
     debug = bool(ctx.obj and ctx.obj.get("debug"))
     results = []
-    progress = tqdm(sources, desc="tile", unit="slide", disable=None)
     manifest = out / "tile_manifest.csv"
     try:
-        for result in tile_slides(progress, out, tiling, storage=storage, overwrite=overwrite, qc=qc, debug=debug):
-            results.append(result)
-            if result.status == "failed":
-                report_failure(result)
+        with Progress("tile", total=len(sources), unit="slide") as progress:
+            for result in tile_slides(sources, out, tiling, storage=storage, overwrite=overwrite, qc=qc, debug=debug):
+                results.append(result)
+                if result.status == "failed":
+                    report_failure(result)
+                progress.advance(note=result.describe(), worked=result.status != "skipped")
     finally:
         write_manifest(manifest, results, tiling.names)
     click.echo(summarize(results, "slides", "tiled", tiling.names, manifest))

@@ -11,9 +11,10 @@ the recipe and flags override both. `--dry-run` checks the inputs and prints the
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -68,11 +69,26 @@ def train(recipe: str | None, config_file: Path | None, dry_run: bool, **options
     from cmamil.training.runner import run_training
     from cmamil.training.summary import format_summary
 
-    summary = run_training(config)
+    summary = run_training(config, on_epoch=_epoch_lines(config))
     if not detect_world().main:
         return  # under torchrun, rank 0 reports
     click.echo(format_summary(summary))
     click.echo(f"run folder: {config.out}  (tensorboard --logdir {config.out.parent})")
+
+
+def _epoch_lines(config: TrainConfig) -> Callable[[int, dict[str, Any]], None] | None:
+    """One line per epoch on stderr when it is a log file, not a terminal (where the tqdm bar shows progress)."""
+    if sys.stderr.isatty() or not config.progress:
+        return None
+    from cmamil.progress import duration
+
+    def line(fold: int, row: dict[str, Any]) -> None:
+        val = "".join(f", val {k} {row[f'val_{k}']:.4f}" for k in dict.fromkeys(("loss", config.monitor))
+                      if f"val_{k}" in row)
+        click.echo(f"fold {fold} epoch {row['epoch']}/{config.epochs}: train loss {row['train_loss']:.4f}{val} "
+                   f"({duration(row['epoch_seconds'])})", err=True)
+
+    return line
 
 
 def build_config(kind: type[TrainConfig], given: dict[str, Any], mode: str) -> TrainConfig:
