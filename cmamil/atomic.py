@@ -41,15 +41,22 @@ def output_error(path: str | Path, exc: OSError, hint: str | None = None) -> Out
         errno.ENOTDIR: "a file stands where a folder should be; choose another --out",
         errno.EEXIST: "a file stands where a folder should be; choose another --out",
     }.get(exc.errno or 0, "check the output place and rerun")
-    return OutputError(f"cannot write {path}: {reason}; {hint}")
+    error = OutputError(f"cannot write {path}: {reason}; {hint}")
+    error.path = path
+    return error
 
 
 @contextlib.contextmanager
 def output_errors(where: str | Path, hint: str | None = None) -> Iterator[None]:
     """Turn a failure to write under `where` (full disk, file too large, read-only, a file in the way) into one
-    OutputError line; torch reports a failed save as a RuntimeError, which `save_checkpoint` makes an OSError."""
+    OutputError line, with `hint` as what to do when given; torch reports a failed save as a RuntimeError, which
+    `save_checkpoint` makes an OSError."""
     try:
         yield
+    except OutputError as exc:
+        if hint is None or not isinstance(exc.__cause__, OSError):
+            raise
+        raise output_error(getattr(exc, "path", where), exc.__cause__, hint) from exc.__cause__
     except OSError as exc:
         if exc.errno not in _WRITE_ERRNOS:
             raise

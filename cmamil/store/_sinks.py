@@ -109,9 +109,11 @@ class H5Sink:
         )
 
     def link(self, group: Any, name: str, source: Path, dataset: str) -> Any:
-        """An external link `name` to `dataset` of the HDF5 file `source`, opened through the link."""
+        """An external link `name` to `dataset` of the HDF5 file `source`, and a zero-memory array of that
+        dataset's shape and type (read from `source` itself: this file's driver cannot open other files)."""
         group[name] = self._h5py.ExternalLink(str(source), dataset)
-        return group[name]
+        with self._h5py.File(source, "r") as linked:
+            return np.broadcast_to(np.zeros((), linked[dataset].dtype), linked[dataset].shape)
 
     def finish(self, attrs: Mapping[str, Any], finest: str, has_features: bool) -> None:
         self.file.attrs.update(attrs)

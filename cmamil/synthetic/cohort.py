@@ -46,8 +46,8 @@ LAYOUT_ATTEMPTS = 50
 class CohortConfig:
     """Size and difficulty of a synthetic cohort; lengths in µm at level 0 resolution `mpp`."""
 
-    n_slides: int = 96
-    size_um: float = 600.0
+    n_slides: int = 144
+    size_um: float = 500.0
     mpp: float = 0.5
     prevalence: float = 0.5
     signal: float = 1.0
