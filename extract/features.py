@@ -18,10 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
-
-import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from cmamil.atomic import output_error, writable_folder
 from cmamil.errors import CmamilError, InputError
@@ -36,7 +33,8 @@ from cmamil.extract.batch import (
 )
 from cmamil.extract.encoder import PRECISIONS, Encoder, weights_digest
 from cmamil.extract.grid import NestedGrid, TilingConfig, check_same_tiling, load_grid, plan_tiles
-from cmamil.extract.loading import SlideTiles, fixed_batches
+from cmamil.extract.loading import SlideTiles
+from cmamil.extract.plans import BagPlan, Group, write_bag
 from cmamil.extract.reader import open_slide
 from cmamil.extract.resume import BagSettings, check_folder, finished_counts, tiling_settings
 from cmamil.interrupt import Interrupted
@@ -44,13 +42,7 @@ from cmamil.locks import try_lock
 from cmamil.notices import notice
 from cmamil.store import bag_path, remove_temporaries
 
-if TYPE_CHECKING:
-    import torch
-
-    from cmamil.progress import Progress
-    from cmamil.store import BagWriter
-
-__all__ = ["BagJob", "BagPlan", "ExtractConfig", "Group", "extract_bags", "extract_slides", "manifest_name"]
+__all__ = ["BagJob", "ExtractConfig", "extract_bags", "extract_slides", "manifest_name"]
 
 log = logging.getLogger(__name__)
 
@@ -148,25 +140,6 @@ class ExtractConfig:
             "precision": self.precision,
             "features_dtype": self.features_dtype,
         }
-
-
-@dataclass(frozen=True)
-class Group:
-    """One magnification of a bag: its name, level-0 coords, parent rows and the attributes of its coords."""
-
-    name: str
-    coords: np.ndarray
-    parent: np.ndarray
-    attrs: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class BagPlan:
-    """What to write for one bag: file attributes, its magnification groups, and the tiles to embed."""
-
-    attrs: Mapping[str, Any]
-    groups: tuple[Group, ...]
-    tiles: Dataset
 
 
 @dataclass(frozen=True)
@@ -289,7 +262,7 @@ def _run_job(job: BagJob, out: Path, config: ExtractConfig, settings: BagSetting
             if config.compile:
                 encoder[0].warm_up(config.batch_size)
         try:
-            counts = _write_bag(out_file, job.plan(encoder[0]), encoder[0], config, settings)
+            counts = write_bag(out_file, job.plan(encoder[0]), encoder[0], config, settings)
         except Exception as exc:
             if debug and not isinstance(exc, (CmamilError, OSError)):
                 raise
@@ -315,52 +288,6 @@ def _duplicates(jobs: Sequence[BagJob]) -> set[str]:
     for job in jobs:
         seen[job.bag_id] = seen.get(job.bag_id, 0) + 1
     return {bag_id for bag_id, n in seen.items() if n > 1}
-
-
-def _write_bag(out_file: Path, plan: BagPlan, encoder: Encoder, config: ExtractConfig,
-               settings: BagSettings) -> dict[str, int]:
-    """Embed the plan's tiles batch by batch and stream the features into the bag's file (renamed when complete).
-
-    Each batch is submitted before the previous one's features are written, so that on a GPU their copy to the
-    host and the file writes overlap the next batch's inference.
-    """
-    from cmamil.progress import Progress
-    from cmamil.store import BagWriter
-
-    workers = config.num_workers if len(plan.tiles) > 1 else 0
-    loader = DataLoader(
-        plan.tiles, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=2 if workers else None,
-    )
-    names = [group.name for group in plan.groups]
-    counts = {group.name: len(group.coords) for group in plan.groups}
-    attrs = {**plan.attrs, **settings.attrs}
-    writer = BagWriter(out_file, attrs=attrs, features_dtype=config.features_dtype, overwrite=True)
-    with plan.tiles, writer:
-        for group in plan.groups:
-            writer.add_magnification(group.name, group.coords, group.parent, group.attrs)
-        with Progress(out_file.stem, total=sum(counts.values()), unit="tile", leave=False) as progress:
-            pending = None
-            for pixels, mags in fixed_batches(loader, config.batch_size, pin=encoder.device.type == "cuda"):
-                submitted = encoder.submit(pixels), mags
-                if pending is not None:
-                    _append(writer, names, *pending, progress)
-                pending = submitted
-            if pending is not None:
-                _append(writer, names, *pending, progress)
-    return counts
-
-
-def _append(
-    writer: BagWriter, names: Sequence[str], features: Callable[[], torch.Tensor], mags: torch.Tensor,
-    progress: Progress,
-) -> None:
-    """Write one embedded batch's features to their magnifications' groups."""
-    embedded = features()
-    for index, name in enumerate(names):
-        selected = mags == index
-        if selected.any():
-            writer.append_features(name, embedded[selected])
-    progress.advance(len(embedded))
 
 
 def _slide_planner(source: SlideSource, out: Path, config: ExtractConfig) -> Callable[[Encoder], BagPlan]:

@@ -29,7 +29,8 @@ from PIL import Image
 from cmamil.errors import InputError
 from cmamil.extract.batch import SlideResult
 from cmamil.extract.encoder import Encoder
-from cmamil.extract.features import BagJob, BagPlan, ExtractConfig, Group, extract_bags
+from cmamil.extract.features import BagJob, ExtractConfig, extract_bags
+from cmamil.extract.plans import BagPlan, Group
 from cmamil.extract.loading import ImageInstances, ImageTiles
 from cmamil.extract.reader import IMAGE_SUFFIXES
 from cmamil.data.images import patient_groups

@@ -88,7 +88,7 @@ def test_config_file_overrides_the_recipe_and_flags_override_both(patch_root, tm
     result = _invoke("train", "--recipe", "fadeformer", "--config", options, "--batch-size", 2, "--images",
                      patch_root, "--out", out, "--dry-run")
     assert result.exit_code == 0, result.output
-    from cmamil.cli.options import layered_options  # the same layering, read back as values
+    from cmamil.cli.layers import layered_options  # the same layering, read back as values
     import click
 
     from cmamil.cli.train import train

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from cmamil.cli.options import config_options, layered_options, option
+from cmamil.cli.layers import layered_options
+from cmamil.cli.options import config_options, option
 from cmamil.data.arrays import is_array_file
 from cmamil.errors import InputError
 from cmamil.training.config import PatchTrainConfig

@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import click
 
-from cmamil.cli.options import config_options, layered_options, option
+from cmamil.cli.layers import layered_options
+from cmamil.cli.options import config_options, option
 from cmamil.errors import InputError
 from cmamil.training.config import BagTrainConfig, PatchTrainConfig, TrainConfig
 
