@@ -40,10 +40,12 @@ class DemoConfig:
     encoder_options: dict[str, Any] = field(default_factory=lambda: {"zero_init_last": False})
     magnifications: str = "5,10,20"
     tile_px: int = 64
+    num_workers: int = 0  # bags of ~230 tiny tiles: starting a reader process per bag costs more than it saves
     folds: int = 5
     epochs: int = 12
     model_options: dict[str, Any] = field(default_factory=lambda: dict(DEMO_CMA_MIL))
     lr: float = 1e-3
+    monitor: str = "loss"  # AUC on ~23 validation bags reaches 1.0 early and then picks an undertrained epoch
     standardize: bool = True
     val_fraction: float = 0.2
     device: str = "auto"
@@ -95,6 +97,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
         input_px=config.tile_px,
         device=config.device,
         seed=config.seed,
+        num_workers=config.num_workers,
     )
     results = extract_slides(collect_slides([s.path for s in slides]), features_dir, extract)
     echo(f"      {time.perf_counter() - start:.0f} s")
@@ -109,9 +112,9 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
 
     echo("[4/4] results (test folds)")
     echo(format_summary(summary))
-    heatmaps = write_heatmaps(main_run, cohort_dir, features_dir, out / "heatmaps")
-    echo(f"attention heatmaps (fold 0, one positive and one negative test slide): {out / 'heatmaps'} "
-         f"({len(heatmaps)} PNG)")
+    heatmaps = write_heatmaps(main_run, cohort_dir, features_dir, out / "inspect", config.device, echo)
+    echo(f"attention heatmaps (fold 0, one positive and one negative test slide): {out / 'inspect' / 'heatmaps'} "
+         f"({len(heatmaps)} slides: PNG with the magnifications side by side, QuPath GeoJSON, HDF5, tile montage)")
     found = localisation(main_run, cohort_dir, features_dir)
     summary["localisation_auc"] = found
     echo(f"localisation: 20x attention AUC for tiles on texture inside rings, positive test slides, "
@@ -134,21 +137,25 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     return {"summary": summary, "rows": rows, "seconds": time.perf_counter() - start}
 
 
-def write_heatmaps(run: Path, cohort_dir: Path, features_dir: Path, out: Path) -> list[Path]:
-    """Attention heatmaps per magnification of fold 0's model for its first positive and first negative test
-    slide."""
-    from cmamil.evaluation.heatmaps import slide_heatmaps
-    from cmamil.training import RunFolder, load_trained
+def write_heatmaps(run: Path, cohort_dir: Path, features_dir: Path, out: Path, device: str = "auto",
+                   echo: Callable[[str], None] = print) -> list[Path]:
+    """Fold 0's model on its first positive and first negative test slide, through `cmamil heatmap`'s own code
+    path: `<out>/heatmaps/<slide>.png` (the magnifications side by side), `.geojson`, `.h5` and a tile montage.
+
+    Only fold 0's model is used: the other folds trained on these slides."""
+    from cmamil.evaluation.predict import PredictConfig, predict_run
+    from cmamil.evaluation.tile_maps import HeatmapConfig
+    from cmamil.training import RunFolder
     from cmamil.training.predictions import read_predictions
 
     folder = RunFolder(run)
-    trained = load_trained(folder.fold_dir(0))
     tested = read_predictions(folder.fold_dir(0) / "predictions.csv", folder.class_names)
-    written = []
-    for label in (folder.class_names.index("positive"), folder.class_names.index("negative")):
-        slide = next(i for i, y in zip(tested.ids, tested.y_true) if y == label)
-        written += slide_heatmaps(trained, features_dir / f"{slide}.h5", cohort_dir / "slides" / f"{slide}.tiff", out)
-    return written
+    chosen = [next(i for i, y in zip(tested.ids, tested.y_true) if y == folder.class_names.index(label))
+              for label in ("positive", "negative")]
+    predict_run(PredictConfig(run=run, inputs=tuple(features_dir / f"{slide}.h5" for slide in chosen), out=out,
+                              folds=0, labels=cohort_dir / "labels.csv", device=device, num_workers=0,
+                              heatmaps=HeatmapConfig(fold=0, slides=cohort_dir / "slides")), echo)
+    return sorted(p for p in (out / "heatmaps").glob("*.png") if not p.stem.endswith("_montage"))
 
 
 def localisation(run: Path, cohort_dir: Path, features_dir: Path, magnification: str = "20x") -> dict[str, Any]:
@@ -201,7 +208,8 @@ def _train(
 
     return run_training(BagTrainConfig(
         model=model, features=features, labels=labels, out=run, folds=config.folds, epochs=config.epochs,
-        lr=config.lr, min_epochs=config.epochs // 2, patience=config.epochs, val_fraction=config.val_fraction,
+        lr=config.lr, monitor=config.monitor, min_epochs=config.epochs // 2, patience=config.epochs,
+        val_fraction=config.val_fraction,
         standardize=config.standardize, model_options=dict(options),
         splits=splits, seed=config.seed, device=config.device, num_workers=0,
     ))

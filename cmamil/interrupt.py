@@ -5,6 +5,10 @@ A scheduler's time limit sends SIGTERM; Ctrl-C sends SIGINT. Under `handle_signa
 manifests written; the command line then exits 128 + the signal number (143, 130). Code that must not be
 unwound half-way (a call into libhdf5, whose state an exception raised from one of its I/O callbacks would
 corrupt) runs under `deferred_signals()`: a signal arriving there is raised when the block ends.
+
+An exception raised where Python ignores exceptions (a weakref callback, `__del__`, garbage collection) is
+printed and dropped; long loops therefore call `raise_if_interrupted()` once per step, which raises a signal that
+was received but swallowed.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import signal
 import threading
 from typing import Any, Iterator
 
-__all__ = ["Interrupted", "deferred_signals", "handle_signals"]
+__all__ = ["Interrupted", "deferred_signals", "handle_signals", "raise_if_interrupted"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -30,9 +34,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 _state = threading.local()
+_received: list[int] = []  # signals received under handle_signals(), in order
 
 
 def _raise(signum: int, frame: Any) -> None:
+    _received.append(signum)
     if getattr(_state, "depth", 0):
         _state.pending = signum
         return
@@ -46,11 +52,20 @@ def handle_signals() -> Iterator[None]:
         yield
         return
     previous = {s: signal.signal(s, _raise) for s in SIGNALS}
+    _received.clear()
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        _received.clear()
+
+
+def raise_if_interrupted() -> None:
+    """Raise `Interrupted` for a signal received earlier under `handle_signals()` (outside `deferred_signals()`,
+    where the block's end raises it): a loop's safe point for a signal whose exception was swallowed."""
+    if _received and not getattr(_state, "depth", 0):
+        raise Interrupted(_received[0])
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from cmamil.extract.loading import SlideTiles
 from cmamil.extract.plans import BagPlan, Group, write_bag
 from cmamil.extract.reader import open_slide
 from cmamil.extract.resume import BagSettings, check_folder, finished_counts, tiling_settings
-from cmamil.interrupt import Interrupted
+from cmamil.interrupt import Interrupted, raise_if_interrupted
 from cmamil.locks import try_lock
 from cmamil.notices import notice
 from cmamil.store import bag_path, remove_temporaries
@@ -215,6 +215,7 @@ def extract_bags(
     progress = Progress("extract", total=len(shard_items(jobs, shard)), unit="bag")
     try:
         for job in shard_items(jobs, shard):
+            raise_if_interrupted()
             result = _run_job(job, out, config, settings[job.bag_id], duplicates, encoder, debug)
             if result.status == "failed":
                 report_failure(result)

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from cmamil.extract.encoder import Encoder
 from cmamil.extract.loading import fixed_batches
 from cmamil.extract.resume import BagSettings
+from cmamil.interrupt import raise_if_interrupted
 from cmamil.progress import Progress
 from cmamil.store import BagWriter
 
@@ -68,6 +69,7 @@ def write_bag(out_file: Path, plan: BagPlan, encoder: Encoder, config: ExtractCo
         with Progress(out_file.stem, total=sum(counts.values()), unit="tile", leave=False) as progress:
             pending = None
             for pixels, mags in fixed_batches(loader, config.batch_size, pin=encoder.device.type == "cuda"):
+                raise_if_interrupted()
                 submitted = encoder.submit(pixels), mags
                 if pending is not None:
                     _append(writer, names, *pending, progress)

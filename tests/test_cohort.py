@@ -41,6 +41,20 @@ def test_positive_slides_enclose_texture_and_negatives_never_do(seed):
     assert texture(positive) == pytest.approx(texture(negative), rel=0.02)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_without_signal_the_classes_draw_the_same_slide(seed):
+    """Rings and tissue follow one distribution in both classes: with the texture removed, a positive and a
+    negative slide drawn from the same seed are the same pixels, so nothing but the texture's place tells them apart."""
+    silent = CohortConfig(signal=0.0)
+    positive, positive_regions = render_slide(silent, True, np.random.default_rng(seed))
+    negative, negative_regions = render_slide(silent, False, np.random.default_rng(seed))
+    np.testing.assert_array_equal(positive, negative)
+    walls = REGION_CODES["wall"]
+    np.testing.assert_array_equal(positive_regions == walls, negative_regions == walls)
+    assert (positive_regions == REGION_CODES["texture_inside"]).any()
+    assert (negative_regions == REGION_CODES["texture_outside"]).any()
+
+
 def test_tissue_map_matches_pixels():
     rgb, regions = render_slide(CONFIG, True, np.random.default_rng(3))
     background = rgb[regions == REGION_CODES["background"]].astype(float)
@@ -82,6 +96,17 @@ def test_cohort_labels_are_drawn_per_patient(tmp_path):
     assert table.labels[0] == table.labels[1] and table.labels[2] == table.labels[3] and sum(table.labels) == 2
     assert [s.label for s in slides] == [table.class_names[k] for k in table.labels]
     assert all(s.path.is_file() and s.truth_path.is_file() for s in slides)
+
+
+def test_the_cohort_is_the_same_for_any_number_of_workers(tmp_path):
+    import tifffile
+
+    config = CohortConfig(n_slides=4, seed=7)
+    serial, parallel = make_cohort(tmp_path / "one", config, workers=1), make_cohort(tmp_path / "two", config, workers=2)
+    for a, b in zip(serial, parallel):
+        assert a.truth_path.read_bytes() == b.truth_path.read_bytes()
+        np.testing.assert_array_equal(tifffile.imread(a.path), tifffile.imread(b.path))
+    assert (tmp_path / "one" / "labels.csv").read_text() == (tmp_path / "two" / "labels.csv").read_text()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

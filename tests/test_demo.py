@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import h5py
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cmamil.demo import DemoConfig, run_demo
+from cmamil.evaluation.heatmaps import PANELS_KEY
 from cmamil.errors import InputError
 from cmamil.synthetic import CohortConfig
 
@@ -64,9 +67,14 @@ def test_every_stage_leaves_its_artefacts(demo_run):
     assert table[1].startswith("cma_mil (local)") and table[1].split()[2] == "2"  # both folds counted
     assert any(line.startswith("tensorboard --logdir") for line in lines)
     assert lines[-1].startswith("total time:")
-    # where the model looks: fold 0's first positive and first negative test slide, one heatmap per magnification
-    heatmaps = sorted(p.name for p in (out / "heatmaps").glob("*.png"))
-    assert len(heatmaps) == 6 and {name.rsplit("_", 1)[1] for name in heatmaps} == {"5x.png", "10x.png", "20x.png"}
+    # where the model looks: fold 0's first positive and first negative test slide, through cmamil heatmap's path
+    heatmaps = out / "inspect" / "heatmaps"
+    shown = sorted(p.stem for p in heatmaps.glob("*.png") if not p.stem.endswith("_montage"))
+    assert len(shown) == 2 and all((heatmaps / f"{s}.geojson").is_file() for s in shown)
+    with Image.open(heatmaps / f"{shown[0]}.png") as image:
+        assert set(json.loads(image.text[PANELS_KEY])) == {"5x", "10x", "20x"}
+    tested = {row["id"]: row for row in csv.DictReader(open(run / "fold_0" / "predictions.csv"))}
+    assert {tested[s]["label"] for s in shown} == {"positive", "negative"}
     found = result["summary"]["localisation_auc"]
     assert found["n"] >= 1 and 0.0 <= found["mean"] <= 1.0
     assert any(line.startswith("localisation: 20x attention AUC") for line in lines)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from cmamil.evaluation.heatmaps import localisation_auc, paint_tiles, save_heatmap, tile_overlap
+from cmamil.evaluation.heatmaps import localisation_auc, paint_tiles, save_panels, tile_overlap
 
 
 def test_tiles_are_painted_at_their_level0_squares():
@@ -30,6 +30,6 @@ def test_tile_overlap_and_localisation_auc_by_hand(tmp_path):
     assert localisation_auc([0.4, 0.1, 0.4, 0.2], inside) == (1 + 1 + 0.5) / 3  # ties count half
     assert math.isnan(localisation_auc([0.1, 0.2, 0.3, 0.4], [False] * 4))
     thumbnail = np.full((4, 4, 3), 200, np.uint8)
-    path = save_heatmap(tmp_path / "h.png", thumbnail, paint_tiles(coords, 64.0, overlap, (4, 4), 32.0), "t")
+    path = save_panels(tmp_path / "h.png", thumbnail, {"20x": paint_tiles(coords, 64.0, overlap, (4, 4), 32.0)}, "t")
     with Image.open(path) as image:
         assert image.size[0] > 100 and image.size[1] > 100

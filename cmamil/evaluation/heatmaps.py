@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from cmamil.aggregators import Bag
     from cmamil.training.trained import TrainedModel
 
-__all__ = ["BagOutputs", "bag_attention", "bag_outputs", "localisation_auc", "paint_tiles", "save_heatmap",
-           "save_panels", "slide_heatmaps", "tile_overlap"]
+__all__ = ["BagOutputs", "bag_attention", "bag_outputs", "localisation_auc", "paint_tiles", "save_panels",
+           "tile_overlap"]
 
 PANELS_KEY = "cmamil:panels"  # PNG text chunk: where each panel's thumbnail lies, in image pixels (x0, y0, x1, y1)
 
@@ -38,12 +38,6 @@ def paint_tiles(coords: np.ndarray, tile_size: float, values: np.ndarray, shape:
         x1, y1 = int(math.ceil((x + tile_size) / downsample)), int(math.ceil((y + tile_size) / downsample))
         canvas[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = value
     return canvas
-
-
-def save_heatmap(path: str | Path, thumbnail: np.ndarray, heat: np.ndarray, title: str = "",
-                 label: str = "attention") -> Path:
-    """Write a PNG of `heat` (from `paint_tiles`) over the RGB `thumbnail`, with a colour bar."""
-    return save_panels(path, thumbnail, {"": heat}, title, label)
 
 
 def save_panels(path: str | Path, thumbnail: np.ndarray, heats: Mapping[str, np.ndarray], title: str = "",
@@ -145,26 +139,3 @@ def bag_attention(trained: TrainedModel, feature_file: str | Path) -> tuple[dict
     and its class probabilities."""
     outputs = bag_outputs(trained, feature_file)
     return outputs.attention, outputs.probs
-
-
-def slide_heatmaps(trained: TrainedModel, feature_file: str | Path, slide: str | Path, out: str | Path,
-                   max_size: int = 1024) -> list[Path]:
-    """One attention heatmap PNG per magnification over the slide's thumbnail: `<out>/<bag>_<mag>.png`."""
-    from cmamil.extract.reader import open_slide
-    from cmamil.store import bag_info, read_coords
-
-    info = bag_info(feature_file)
-    attention, probs = bag_attention(trained, feature_file)
-    with open_slide(slide) as reader:
-        thumbnail = reader.thumbnail(max_size)
-        downsample = reader.dimensions[0] / thumbnail.shape[1]
-    coords = read_coords(feature_file)
-    names = trained.class_names
-    verdict = f"p({names[-1]}) = {probs[-1]:.2f}"
-    written = []
-    for mag, values in attention.items():
-        size = float(info.coords_attrs[mag]["tile_size_level0"])
-        heat = paint_tiles(coords[mag][0], size, values, thumbnail.shape[:2], downsample)
-        written.append(save_heatmap(Path(out) / f"{info.bag_id}_{mag}.png", thumbnail, heat,
-                                    f"{info.bag_id} · {mag} attention · {verdict}"))
-    return written

@@ -21,6 +21,9 @@ of its regions (REGION_CODES).
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,16 +133,16 @@ def render_slide(config: CohortConfig, positive: bool, rng: np.random.Generator)
 def _layout(
     config: CohortConfig, tissue: np.ndarray, positive: bool, rng: np.random.Generator
 ) -> tuple[list[tuple[float, float]], list[tuple[float, float]], list[bool]]:
-    """Ring centres, disc centres (µm) and which discs sit inside a ring; raises InputError when they don't fit."""
+    """Ring centres, disc centres (µm) and which discs sit inside a ring; raises InputError when they don't fit.
+
+    Both classes place the far discs, so the rings (and the tissue they fit in) follow one distribution: a
+    ring's position says nothing of the label, only whether texture sits inside it does."""
     n = config.sites_per_slide
     r, w, rt = config.ring_radius_um, config.wall_um, config.texture_radius_um
     rings = _place(config, tissue, rng, n, r + w, [])
-    n_inside = n if positive else 0
-    discs = [rings[k] for k in rng.choice(n, size=n_inside, replace=False)]
     far = r + w / 2 + config.separation_um + rt
-    avoid = [(c, far) for c in rings]
-    discs += _place(config, tissue, rng, n - n_inside, rt, avoid, spacing=2 * rt + config.gap_um)
-    return rings, discs, [True] * n_inside + [False] * (n - n_inside)
+    outside = _place(config, tissue, rng, n, rt, [(c, far) for c in rings], spacing=2 * rt + config.gap_um)
+    return rings, list(rings if positive else outside), [positive] * n
 
 
 def _window(side: int, mpp: float, cy: float, cx: float, radius: float) -> tuple[tuple[slice, slice], np.ndarray]:
@@ -173,24 +176,27 @@ def _place(
     radius: float,
     avoid: list[tuple[tuple[float, float], float]],
     spacing: float | None = None,
+    candidates: int = 5000,
 ) -> list[tuple[float, float]]:
     """`count` centres (µm) of circles of `radius` lying in tissue, `spacing` apart (default 2·radius +
-    separation) and at least the given distance from each (centre, distance) in `avoid`."""
+    separation) and at least the given distance from each (centre, distance) in `avoid`: the first that fit
+    among `candidates` uniform draws, which are checked against tissue and `avoid` all at once."""
     spacing = spacing if spacing is not None else 2 * radius + config.separation_um
-    border = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-    centres: list[tuple[float, float]] = []
-    for _ in range(5000):
-        if len(centres) == count:
-            return centres
-        cy, cx = rng.uniform(radius, config.size_um - radius, size=2)
-        if any(np.hypot(cy - y, cx - x) < d for (y, x), d in avoid):
-            continue
-        if any(np.hypot(cy - y, cx - x) < spacing for y, x in centres):
-            continue
-        ys = np.clip((cy + radius * np.sin(border)) / config.mpp, 0, tissue.shape[0] - 1).astype(int)
-        xs = np.clip((cx + radius * np.cos(border)) / config.mpp, 0, tissue.shape[1] - 1).astype(int)
-        if tissue[ys, xs].all() and tissue[int(cy / config.mpp), int(cx / config.mpp)]:
-            centres.append((cy, cx))
+    centres = rng.uniform(radius, config.size_um - radius, size=(candidates, 2))
+    fits = np.ones(candidates, bool)
+    for (y, x), distance in avoid:
+        fits &= np.hypot(centres[:, 0] - y, centres[:, 1] - x) >= distance
+    angles = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    offsets = np.vstack([[0.0, 0.0], radius * np.stack([np.sin(angles), np.cos(angles)], axis=1)])  # centre, border
+    points = np.clip(((centres[:, None, :] + offsets[None]) / config.mpp).astype(int), 0,
+                     np.array(tissue.shape) - 1)
+    fits &= tissue[points[..., 0], points[..., 1]].all(axis=1)
+    placed: list[tuple[float, float]] = []
+    for cy, cx in centres[fits]:
+        if all(np.hypot(cy - y, cx - x) >= spacing for y, x in placed):
+            placed.append((float(cy), float(cx)))
+            if len(placed) == count:
+                return placed
     raise InputError(
         f"could not place {count} circles of {radius:g} µm on a {config.size_um:g} µm slide; "
         "raise size_um or lower sites_per_slide"
@@ -207,14 +213,14 @@ def _draw_nuclei(rgb: np.ndarray, tissue: np.ndarray, config: CohortConfig, rng:
         rgb[window][(dist <= radius) & tissue[window]] = NUCLEUS
 
 
-def make_cohort(out: str | Path, config: CohortConfig | None = None) -> list[CohortSlide]:
+def make_cohort(out: str | Path, config: CohortConfig | None = None, workers: int | None = None) -> list[CohortSlide]:
     """Write the cohort's slides (pyramidal TIFF), region maps (PNG) and `labels.csv`; skip finished slides.
 
-    Labels are drawn per patient (`slides_per_patient` slides each), so a patient's slides share a label.
+    Labels are drawn per patient (`slides_per_patient` slides each), so a patient's slides share a label. Slides
+    are rendered in `workers` processes (default: one per CPU); each slide's random draws depend only on the
+    seed and its index, so the cohort is the same for any number of workers.
     """
     config = config or CohortConfig()
-    from PIL import Image
-
     out = Path(out)
     (out / "slides").mkdir(parents=True, exist_ok=True)
     (out / "truth").mkdir(exist_ok=True)
@@ -223,17 +229,31 @@ def make_cohort(out: str | Path, config: CohortConfig | None = None) -> list[Coh
     patient_labels[: int(round(config.prevalence * n_patients))] = 1
     np.random.default_rng(config.seed).shuffle(patient_labels)
     patients = patient_ids(config.n_slides, config.slides_per_patient)
-    slides = []
+    slides, todo = [], []
     for i in range(config.n_slides):
         label = patient_labels[i // config.slides_per_patient]
         slide_id = f"slide_{i:03d}"
-        path = out / "slides" / f"{slide_id}.tiff"
-        truth_path = out / "truth" / f"{slide_id}.png"
-        if not (path.exists() and truth_path.exists()):
-            rgb, regions = render_slide(config, bool(label), np.random.default_rng([config.seed, i]))
-            with atomic_path(truth_path) as tmp:
-                Image.fromarray(regions).save(tmp, format="PNG")
-            write_slide(path, rgb, mpp=config.mpp)
-        slides.append(CohortSlide(slide_id, path, truth_path, "positive" if label else "negative", patients[i]))
+        slide = CohortSlide(slide_id, out / "slides" / f"{slide_id}.tiff", out / "truth" / f"{slide_id}.png",
+                            "positive" if label else "negative", patients[i])
+        slides.append(slide)
+        if not (slide.path.exists() and slide.truth_path.exists()):
+            todo.append((config, i, bool(label), slide.path, slide.truth_path))
+    workers = min(workers or os.cpu_count() or 1, len(todo))
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_write_slide, *zip(*todo)))
+    else:
+        for job in todo:
+            _write_slide(*job)
     write_labels(out / "labels.csv", [s.slide_id for s in slides], [s.label for s in slides], patients)
     return slides
+
+
+def _write_slide(config: CohortConfig, index: int, positive: bool, path: Path, truth_path: Path) -> None:
+    """Render slide `index` and write its region map and pyramidal TIFF, each atomically."""
+    from PIL import Image
+
+    rgb, regions = render_slide(config, positive, np.random.default_rng([config.seed, index]))
+    with atomic_path(truth_path) as tmp:
+        Image.fromarray(regions).save(tmp, format="PNG")
+    write_slide(path, rgb, mpp=config.mpp)

@@ -27,6 +27,7 @@ from cmamil.distributed import SINGLE, World, gather, replicate, share_buffers, 
 from cmamil.environment import peak_memory_mb, reset_peak_memory, seed_everything
 from cmamil.errors import TrainingError
 from cmamil.evaluation.metrics import classification_metrics
+from cmamil.interrupt import raise_if_interrupted
 from cmamil.training.checkpoint import load_checkpoint, save_checkpoint
 from cmamil.training.config import TrainConfig
 from cmamil.training.early_stopping import EarlyStopping
@@ -84,6 +85,7 @@ def fit(task: Task, data: FoldData, model: nn.Module, config: TrainConfig, folde
                   initial=len(history), total=config.epochs, leave=False, disable=None if config.progress else True)
     stopped = bool(history) and has_val and stopper.should_stop(len(history))
     for epoch in ([] if stopped else epochs):
+        raise_if_interrupted()
         seed_everything(config.seed + 1000 * data.fold + 1_000_003 * epoch, config.deterministic)
         reset_peak_memory(device)
         began = time.perf_counter()
