@@ -15,7 +15,8 @@ from typing import Any, Callable
 from cmamil.errors import InputError
 from cmamil.synthetic import CohortConfig
 
-__all__ = ["COMPARISON", "DEMO_CMA_MIL", "DemoConfig", "comparison_table", "localisation", "run_demo", "write_heatmaps"]
+__all__ = ["COMPARISON", "DEMO_CMA_MIL", "DemoConfig", "comparison_table", "localisation", "run_demo", "train_model",
+           "write_heatmaps"]
 
 # (row name, aggregator, model options) of the comparison, all trained on the demo's splits
 # the demo's CMA-MIL: cmamil's local (parent/child) cross-attention, exp_raw weighting, bag loss only
@@ -107,7 +108,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
 
     echo(f"[3/4] cma_mil {config.folds}-fold cross-validation ({_options(config.model_options)})")
     main_run = runs_dir / "cma_mil"
-    summary = _train("cma_mil", config.model_options, config, features_dir, cohort_dir / "labels.csv", main_run)
+    summary = train_model("cma_mil", config.model_options, config, features_dir, cohort_dir / "labels.csv", main_run)
     report_run(main_run)
 
     echo("[4/4] results (test folds)")
@@ -126,7 +127,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
             if name in rows:
                 continue
             run = runs_dir / f"{model}_{'_'.join(str(v) for v in options.values()) or 'default'}"
-            rows[name] = _train(model, options, config, features_dir, cohort_dir / "labels.csv", run,
+            rows[name] = train_model(model, options, config, features_dir, cohort_dir / "labels.csv", run,
                                 splits=main_run / "splits")
         table = comparison_table(rows)
         (out / "comparison.txt").write_text(table + "\n")
@@ -193,7 +194,7 @@ def localisation(run: Path, cohort_dir: Path, features_dir: Path, magnification:
             "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0, "n": len(values), "folds": per_fold}
 
 
-def _train(
+def train_model(
     model: str,
     options: dict[str, Any],
     config: DemoConfig,
@@ -202,7 +203,8 @@ def _train(
     run: Path,
     splits: Path | None = None,
 ) -> dict[str, Any]:
-    """One k-fold run of `model` (finished folds are skipped)."""
+    """One k-fold run of `model` with the demo's training settings (finished folds are skipped): every model of
+    the demo and its comparison is trained here."""
     from cmamil.training.config import BagTrainConfig
     from cmamil.training.runner import run_training
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cmamil.demo import DemoConfig, run_demo
+from cmamil.demo import DemoConfig, run_demo, train_model
 from cmamil.evaluation.heatmaps import PANELS_KEY
 from cmamil.errors import InputError
 from cmamil.synthetic import CohortConfig
@@ -101,15 +101,9 @@ LEARNING_COHORT = CohortConfig(n_slides=96, seed=0)
 
 
 def test_a_small_demo_cohort_is_learnt_by_cma_mil_and_not_by_abmil_on_20x(tmp_path):
-    from cmamil.training.config import BagTrainConfig
-    from cmamil.training.runner import run_training
-
     config = DemoConfig(out=tmp_path, cohort=LEARNING_COHORT, folds=3, device="cpu")
     cma_mil = run_demo(config, echo=lambda line: None)["summary"]["mean_std"]["auc"]["mean"]
-    abmil = run_training(BagTrainConfig(
-        model="abmil", features=tmp_path / "features", labels=tmp_path / "cohort" / "labels.csv",
-        out=tmp_path / "runs" / "abmil_20x", splits=tmp_path / "runs" / "cma_mil" / "splits", epochs=config.epochs,
-        lr=config.lr, min_epochs=config.epochs // 2, patience=config.epochs, standardize=True,
-        model_options={"magnification": "20x"}, device="cpu", num_workers=0, progress=False, figures=False,
-    ))["mean_std"]["auc"]["mean"]
+    abmil = train_model("abmil", {"magnification": "20x"}, config, tmp_path / "features",
+                        tmp_path / "cohort" / "labels.csv", tmp_path / "runs" / "abmil_20x",
+                        splits=tmp_path / "runs" / "cma_mil" / "splits")["mean_std"]["auc"]["mean"]
     assert cma_mil >= 0.9 and abmil <= cma_mil - 0.15, (cma_mil, abmil)
