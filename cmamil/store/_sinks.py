@@ -9,6 +9,7 @@ exception raised inside one of its I/O callbacks would leave it just as inconsis
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -90,11 +91,13 @@ class H5Sink:
 
         self._h5py = h5py
         self.guard = _GuardedFile(path)
+        self.file: Any = None
         try:
             with deferred_signals():
                 self.file = h5py.File(self.guard, "w")
-        except BaseException:
-            self.guard.close()
+        except BaseException:  # a signal held back while the file opened is raised here, after it opened
+            with contextlib.suppress(OSError):
+                self.close()
             raise
 
     def group(self, name: str) -> Any:
@@ -124,8 +127,9 @@ class H5Sink:
     def close(self) -> None:
         """Close the file; raise the first write error libhdf5 was shielded from, as an OutputError."""
         try:
-            with deferred_signals():
-                self.file.close()
+            if self.file is not None:
+                with deferred_signals():
+                    self.file.close()
         finally:
             self.guard.close()
         if self.guard.error is not None:
