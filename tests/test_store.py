@@ -185,6 +185,18 @@ def test_existing_file_needs_overwrite(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.h5", "b.zarr"]
 
 
+def test_bag_info_follows_a_rewritten_file_and_hands_out_copies(tmp_path):
+    for fmt in ("h5", "zarr"):
+        path = write_bag(bag_path(tmp_path, "b", fmt), nested_bag())
+        first = bag_info(path)
+        first.attrs["encoder"] = "changed by the caller"
+        first.counts.clear()
+        again = bag_info(path)
+        assert again.attrs["encoder"] == "test" and again.counts == {"5x": 3, "10x": 12, "20x": 48}
+        write_bag(path, {m: level for m, level in nested_bag().items() if m != "20x"}, overwrite=True)
+        assert bag_info(path).magnifications == ("5x", "10x")
+
+
 def test_truncated_h5_gives_one_line_error(tmp_path):
     path = write_bag(bag_path(tmp_path, "cut"), nested_bag())
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

@@ -18,6 +18,7 @@ import warnings
 from typing import Any, Sequence
 
 import numpy as np
+import sklearn
 from sklearn import metrics as skm
 
 __all__ = ["HEADLINE", "classification_metrics", "summarize_folds"]
@@ -33,6 +34,12 @@ def classification_metrics(
     probs = np.asarray(probs, dtype=float)
     labels = list(range(len(class_names)))
     y_pred = probs.argmax(axis=1)
+    with sklearn.config_context(skip_parameter_validation=True):  # inputs are ours; checking them was a third of the time
+        return _metrics(y_true, probs, y_pred, labels, class_names)
+
+
+def _metrics(y_true: np.ndarray, probs: np.ndarray, y_pred: np.ndarray, labels: list[int],
+             class_names: Sequence[str]) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a fold may predict a class absent from y_true
         balanced = float(skm.balanced_accuracy_score(y_true, y_pred))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -156,8 +158,25 @@ def _feature_shape(array: Any, path: Path) -> tuple[int, int]:
 
 
 def bag_info(path: str | Path, *, foreign_magnification: str | None = None) -> BagInfo:
-    """Attributes, magnifications and row counts of a feature file (cmamil, CLAM/TRIDENT or STAMP), no features."""
+    """Attributes, magnifications and row counts of a feature file (cmamil, CLAM/TRIDENT or STAMP), no features.
+
+    Read once per process and file version (a run lists its cohort, fingerprints it and trains on it, and the
+    demo trains several models on one cohort); the caller gets its own copy."""
     path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    return copy.deepcopy(_cached_info(path, foreign_magnification, _version(path)))
+
+
+def _version(path: Path) -> tuple[int, ...]:
+    """What changes when a file is rewritten: inode, size and modification time (of a zarr folder's root
+    metadata too, which holds its attributes)."""
+    stats = [path.stat()] + ([path.joinpath("zarr.json").stat()] if (path / "zarr.json").exists() else [])
+    return tuple(v for st in stats for v in (st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_info(path: Path, foreign_magnification: str | None, version: tuple[int, ...]) -> BagInfo:
     with _open(path) as root:
         return _layout(root, path, None, foreign_magnification)[0]
 
