@@ -16,7 +16,7 @@ from cmamil.errors import InputError
 from cmamil.synthetic import CohortConfig
 
 __all__ = ["COMPARISON", "DEMO_CMA_MIL", "DemoConfig", "comparison_table", "localisation", "run_demo", "train_model",
-           "write_heatmaps"]
+           "train_side_by_side", "write_heatmaps"]
 
 # (row name, aggregator, model options) of the comparison, all trained on the demo's splits
 # the demo's CMA-MIL: cmamil's local (parent/child) cross-attention, exp_raw weighting, bag loss only
@@ -123,12 +123,9 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict[st
     rows = {f"cma_mil ({config.model_options.get('cross_attention', 'dense')})": summary}
     if config.compare:
         echo("comparison on the same features and splits:")
-        for name, model, options in COMPARISON:
-            if name in rows:
-                continue
-            run = runs_dir / f"{model}_{'_'.join(str(v) for v in options.values()) or 'default'}"
-            rows[name] = train_model(model, options, config, features_dir, cohort_dir / "labels.csv", run,
-                                splits=main_run / "splits")
+        jobs = {name: (model, options, runs_dir / f"{model}_{'_'.join(str(v) for v in options.values()) or 'default'}")
+                for name, model, options in COMPARISON if name not in rows}
+        rows.update(train_side_by_side(jobs, config, features_dir, cohort_dir / "labels.csv", main_run / "splits"))
         table = comparison_table(rows)
         (out / "comparison.txt").write_text(table + "\n")
         echo(table)
@@ -215,6 +212,44 @@ def train_model(
         standardize=config.standardize, model_options=dict(options),
         splits=splits, seed=config.seed, device=config.device, num_workers=0,
     ))
+
+
+def train_side_by_side(
+    jobs: dict[str, tuple[str, dict[str, Any], Path]],
+    config: DemoConfig,
+    features: Path,
+    labels: Path,
+    splits: Path,
+    workers: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """`train_model` for each named (model, options, run folder), `workers` runs at a time (default one per CPU),
+    each process with its share of the CPU threads; summaries in the order given.
+
+    A bag step is small (one bag of a few hundred tiles), so a run keeps two threads only partly busy: two
+    single-thread runs side by side train about 1.7x as fast as one two-thread run after the other (2 cores)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    cpus = os.cpu_count() or 1
+    workers = max(1, min(workers or cpus, len(jobs)))
+    if workers == 1:
+        return {name: train_model(model, options, config, features, labels, run, splits)
+                for name, (model, options, run) in jobs.items()}
+    threads = max(1, cpus // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(_train_with_threads, threads, model, options, config, features, labels, run,
+                                     splits)
+                   for name, (model, options, run) in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _train_with_threads(threads: int, *args: Any) -> dict[str, Any]:
+    """`train_model` in a worker process limited to `threads` CPU threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return train_model(*args)
 
 
 def comparison_table(rows: dict[str, dict[str, Any]]) -> str:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cmamil.demo import DemoConfig, run_demo, train_model
+from cmamil.demo import DemoConfig, run_demo, train_model, train_side_by_side
 from cmamil.evaluation.heatmaps import PANELS_KEY
 from cmamil.errors import InputError
 from cmamil.synthetic import CohortConfig
@@ -94,6 +94,30 @@ def test_rerun_reuses_finished_stages(demo_run):
     again = run_demo(config, echo=lambda line: None)
     assert (feature_file.stat().st_mtime_ns, checkpoint.stat().st_mtime_ns) == stamps
     assert again["summary"]["mean_std"] == result["summary"]["mean_std"]
+
+
+def test_runs_side_by_side_match_runs_one_after_the_other(demo_run, tmp_path):
+    config, _, _ = demo_run
+    out = config.out
+    shared = (config, out / "features", out / "cohort" / "labels.csv", out / "runs" / "cma_mil" / "splits")
+
+    def jobs(root):
+        return {"mean_pool": ("mean_pool", {}, root / "mean_pool"),
+                "abmil (20x only)": ("abmil", {"magnification": "20x"}, root / "abmil")}
+
+    side = train_side_by_side(jobs(tmp_path / "side"), *shared, workers=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sequential = train_side_by_side(jobs(tmp_path / "sequential"), *shared, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert list(side) == ["mean_pool", "abmil (20x only)"]
+    for name, summary in side.items():
+        for key, cell in summary["mean_std"].items():
+            expected = sequential[name]["mean_std"][key]["mean"]
+            assert cell["mean"] == pytest.approx(expected, abs=1e-4, nan_ok=True), (name, key)
+        assert (tmp_path / "side" / ("abmil" if "abmil" in name else "mean_pool") / "summary.json").is_file()
 
 
 # the test size of the demo cohort: two thirds of the default slides, 3 folds (about two and a half minutes on 2 cores)
