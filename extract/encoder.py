@@ -7,6 +7,12 @@ CPUs without native bf16 it is many times slower than fp32. On CUDA, `submit` co
 host memory in the background, so the next batch starts before the previous one's features reach the CPU.
 `compile=True` runs the model through `torch.compile` for one fixed batch shape (`warm_up` compiles it and
 reports how long that took; a short last batch is padded to that shape).
+
+On CPU a batch runs through the model in sub-batches of at most `CPU_SUB_BATCH_PIXELS` input pixels (16 tiles
+of 224 px): a CPU gains nothing from more rows per call, while a whole batch's activations dominate the process's
+memory. Measured on 2 cores, batch 64 at 224 px: ResNet-50-trunc 14.3–14.6 tiles/s and 2.2 GiB peak whole,
+14.8–15.6 tiles/s and 0.9–1.2 GiB in sixteens; ViT-S/16 9.2 tiles/s and 1.31 GiB whole, 9.9 and 0.97 GiB in
+sixteens. Small tiles (the demo's 64 px) still run as one call: splitting them cost 10 %.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from cmamil.data.provenance import file_sha256
 from cmamil.errors import InputError, PluginError
 from cmamil.notices import notice
 
-__all__ = ["PRECISIONS", "Encoder", "weights_digest"]
+__all__ = ["CPU_SUB_BATCH_PIXELS", "PRECISIONS", "Encoder", "weights_digest"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+CPU_SUB_BATCH_PIXELS = 16 * 224 * 224
 
 
 def weights_digest(weights: str | Path | None) -> str:
@@ -139,10 +146,14 @@ class Encoder:
         return x.mul_(self._scale).sub_(self._shift)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled (B, D) features of a prepared batch, on the device (autocast in fp16/bf16 on CUDA)."""
+        """Pooled (B, D) features of a prepared batch, on the device (autocast in fp16/bf16 on CUDA; on CPU in
+        sub-batches of at most `CPU_SUB_BATCH_PIXELS` pixels)."""
         dtype = PRECISIONS[self.precision]
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            return self._forward(x)
+            rows = max(1, CPU_SUB_BATCH_PIXELS // (x.shape[-2] * x.shape[-1]))
+            if self.device.type == "cuda" or len(x) <= rows:
+                return self._forward(x)
+            return torch.cat([self._forward(part) for part in x.split(rows)])
 
     def warm_up(self, batch_size: int) -> float:
         """Run one blank batch of `batch_size` (compiling a compiled model for that shape); returns its seconds."""

@@ -22,7 +22,7 @@ from PIL import Image
 
 from cmamil.cli import main
 from cmamil.errors import InputError, PluginError
-from cmamil.extract.encoder import Encoder
+from cmamil.extract.encoder import CPU_SUB_BATCH_PIXELS, Encoder
 from cmamil.extract.features import ExtractConfig, extract_slides
 from cmamil.extract.grid import TilingConfig, plan_tiles
 from cmamil.extract.loading import fixed_batches
@@ -313,6 +313,17 @@ def test_real_aperio_slide_at_5_10_20x(encoder, tmp_path):
     attrs = bag_info(tmp_path / "CMU-1-Small-Region.h5").attrs
     assert attrs["mpp"] == pytest.approx(0.499) and attrs["objective_power"] == 20
     assert attrs["encoder"] == encoder and attrs["encoder_weights"] == "random"
+
+
+def test_a_cpu_batch_embedded_in_sub_batches_equals_its_tiles_embedded_one_by_one():
+    encoder = Encoder("timm:resnet10t", input_px=224, device="cpu")
+    rows = CPU_SUB_BATCH_PIXELS // 224**2
+    generator = torch.Generator().manual_seed(0)
+    tiles = torch.randint(0, 256, (rows * 2 + 5, 224, 224, 3), dtype=torch.uint8, generator=generator)
+    batch = encoder(tiles)
+    one_by_one = torch.cat([encoder(tile[None]) for tile in tiles])
+    assert batch.shape == (len(tiles), encoder.num_features)
+    torch.testing.assert_close(batch, one_by_one, rtol=1e-4, atol=1e-5)
 
 
 def test_encoder_errors_are_one_line():
