@@ -67,14 +67,15 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def environment_info() -> dict[str, Any]:
-    """Versions of cmamil and its key libraries, and the hardware, as a JSON-able dict."""
-    import timm
+    """Versions of cmamil and its key libraries, and the hardware, as a JSON-able dict (timm's version from its
+    package metadata: importing timm costs seconds)."""
+    from importlib.metadata import version
 
     info: dict[str, Any] = {
         "cmamil": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "timm": timm.__version__,
+        "timm": version("timm"),
         "numpy": np.__version__,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),

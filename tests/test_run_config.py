@@ -7,6 +7,8 @@ import json
 import shutil
 
 import pandas as pd
+import timm
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -31,6 +33,7 @@ def test_a_runs_config_yaml_repeats_it_with_identical_splits_and_metrics(planted
     assert saved["data"]["features"]["encoder"] == "synthetic"
     assert saved["data"]["features"]["magnifications"] == ["5x", "10x", "20x"]
     assert len(saved["data"]["features"]["sha256"]) == 64
+    assert saved["environment"]["timm"] == timm.__version__ and saved["environment"]["torch"] == torch.__version__
     again = tmp_path / "B"
     _train("--config", first / "config.yaml", "--out", again)
     for fold in (0, 1):
