@@ -102,7 +102,8 @@ def test_the_cohort_is_the_same_for_any_number_of_workers(tmp_path):
     import tifffile
 
     config = CohortConfig(n_slides=4, seed=7)
-    serial, parallel = make_cohort(tmp_path / "one", config, workers=1), make_cohort(tmp_path / "two", config, workers=2)
+    serial = make_cohort(tmp_path / "one", config, workers=1)
+    parallel = make_cohort(tmp_path / "two", config, workers=2)
     for a, b in zip(serial, parallel):
         assert a.truth_path.read_bytes() == b.truth_path.read_bytes()
         np.testing.assert_array_equal(tifffile.imread(a.path), tifffile.imread(b.path))

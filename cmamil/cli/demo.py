@@ -24,8 +24,8 @@ __all__ = ["demo"]
               help="CMA-MIL cross-magnification attention: local (parent/child tiles) or dense (all pairs).")
 @click.option("--compare", is_flag=True,
               help="Also train cma_mil with dense cross-attention (cmamil's options and the published ones), abmil "
-                   "on 20x only and on all magnifications, and mean_pool on the same features and splits (one run per CPU "
-                   "at a time), and print one comparison table.")
+                   "on 20x only and on all magnifications, and mean_pool on the same features and splits (one run "
+                   "per CPU at a time), and print one comparison table.")
 @option("device", default="auto")
 @option("seed", default=0, help="Seed of the cohort, the encoder's random weights, the splits and training.")
 def demo(out: Path, slides: int, signal: float, folds: int, epochs: int, cross_attention: str, compare: bool,

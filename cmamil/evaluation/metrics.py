@@ -34,7 +34,7 @@ def classification_metrics(
     probs = np.asarray(probs, dtype=float)
     labels = list(range(len(class_names)))
     y_pred = probs.argmax(axis=1)
-    with sklearn.config_context(skip_parameter_validation=True):  # inputs are ours; checking them was a third of the time
+    with sklearn.config_context(skip_parameter_validation=True):  # our own arrays; checking them took a third
         return _metrics(y_true, probs, y_pred, labels, class_names)
 
 

@@ -43,6 +43,7 @@ WALL = np.array([135.0, 75.0, 150.0])
 NUCLEUS = np.array([95.0, 60.0, 135.0])
 BACKGROUND = np.array([243.0, 242.0, 240.0])
 LAYOUT_ATTEMPTS = 50
+_CANDIDATES = 5000  # uniform draws of circle centres per placement
 
 
 @dataclass(frozen=True)
@@ -176,14 +177,13 @@ def _place(
     radius: float,
     avoid: list[tuple[tuple[float, float], float]],
     spacing: float | None = None,
-    candidates: int = 5000,
 ) -> list[tuple[float, float]]:
     """`count` centres (µm) of circles of `radius` lying in tissue, `spacing` apart (default 2·radius +
     separation) and at least the given distance from each (centre, distance) in `avoid`: the first that fit
-    among `candidates` uniform draws, which are checked against tissue and `avoid` all at once."""
+    among `_CANDIDATES` uniform draws, which are checked against tissue and `avoid` all at once."""
     spacing = spacing if spacing is not None else 2 * radius + config.separation_um
-    centres = rng.uniform(radius, config.size_um - radius, size=(candidates, 2))
-    fits = np.ones(candidates, bool)
+    centres = rng.uniform(radius, config.size_um - radius, size=(_CANDIDATES, 2))
+    fits = np.ones(_CANDIDATES, bool)
     for (y, x), distance in avoid:
         fits &= np.hypot(centres[:, 0] - y, centres[:, 1] - x) >= distance
     angles = np.linspace(0, 2 * np.pi, 48, endpoint=False)
