@@ -320,7 +320,12 @@ def test_a_cpu_batch_embedded_in_sub_batches_equals_its_tiles_embedded_one_by_on
     rows = CPU_SUB_BATCH_PIXELS // 224**2
     generator = torch.Generator().manual_seed(0)
     tiles = torch.randint(0, 256, (rows * 2 + 5, 224, 224, 3), dtype=torch.uint8, generator=generator)
+    sizes = []  # rows of each call into the network
+    stem = next(m for m in encoder.model.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = stem.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
     batch = encoder(tiles)
+    hook.remove()
+    assert sizes == [rows, rows, 5]
     one_by_one = torch.cat([encoder(tile[None]) for tile in tiles])
     assert batch.shape == (len(tiles), encoder.num_features)
     torch.testing.assert_close(batch, one_by_one, rtol=1e-4, atol=1e-5)
