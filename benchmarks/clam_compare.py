@@ -14,6 +14,7 @@ the processes that share them, so DataLoader workers are counted fairly), sample
 
     python benchmarks/clam_compare.py                     # ResNet-50-trunc and ViT-S/16, 10,000 x 8,000 px slide
     python benchmarks/clam_compare.py --rounds 1 --encoders resnet50_trunc
+    python benchmarks/clam_compare.py --variants fp32,fp32+compile,bf16+compile   # bf16 needs a bf16-native CPU
     python benchmarks/clam_compare.py --sizes 10000x8000,40000x30000 --encoders timm:resnet10t   # memory vs size
 """
 
@@ -155,6 +156,7 @@ def run_cmamil(slide: Path, encoder: str, batch_size: int, out: Path, args: argp
     config = ExtractConfig(
         encoder=ENCODERS.get(encoder, encoder), input_px=224, tiling=TilingConfig(args.magnifications, tile_px=256),
         batch_size=batch_size, num_workers=args.num_workers, device=args.device, overwrite=True, compile=args.compile,
+        precision=args.precision,
     )
     [result] = extract_slides([slide], out, config)
     if result.status != "done":
@@ -182,7 +184,8 @@ def measure(args: argparse.Namespace) -> None:
 
 
 def spawn(args: argparse.Namespace, slide: Path, pipeline: str, encoder: str, **extra: object) -> dict:
-    """Run one measurement in a fresh interpreter and return its figures."""
+    """Run one measurement in a fresh interpreter and return its figures. Each run gets an empty inductor cache,
+    so a compiled run pays its whole compilation (a later process of a real cohort would find it cached)."""
     options = {"batch_size": args.batch_size, "num_workers": args.num_workers, "magnifications": "20",
                "device": "cpu", "threads": args.threads, **extra}
     command = [sys.executable, __file__, "--measure", "--pipeline", pipeline, "--encoder", encoder,
@@ -192,11 +195,20 @@ def spawn(args: argparse.Namespace, slide: Path, pipeline: str, encoder: str, **
             command.append(f"--{key.replace('_', '-')}")
         elif value not in (None, False):
             command += [f"--{key.replace('_', '-')}", str(value)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as cache:
+        done = subprocess.run(command, check=True, capture_output=True, text=True,
+                              env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"  {pipeline:<14} {encoder:<16} {figures['tiles'] / figures['seconds']:7.2f} tiles/s "
-          f"{figures['pss'] / 2**30:5.2f} GiB", flush=True)
+    label = f"{pipeline} {extra.get('precision', 'fp32')}{'+compile' * bool(extra.get('compile'))}"
+    print(f"  {label:<20} {options['magnifications']:<8} {encoder:<16} {figures['tiles'] / figures['seconds']:7.2f} "
+          f"tiles/s {figures['pss'] / 2**30:5.2f} GiB", flush=True)
     return figures
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), since the ratios depend on its instruction set."""
+    with open("/proc/cpuinfo") as handle:
+        return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "unknown")
 
 
 def _median(runs: list[dict]) -> tuple[float, float]:
@@ -214,7 +226,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=1, help="cmamil's DataLoader workers.")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in every run [default: torch's].")
-    parser.add_argument("--compile", action="store_true", help="cmamil with --compile.")
+    parser.add_argument("--variants", default="fp32",
+                        help="cmamil runs side by side, comma-separated PRECISION[+compile] (fp32,fp32+compile,"
+                             "bf16+compile); the reference stays fp32, as CLAM runs. Nested and other sizes use "
+                             "the first.")
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--no-reference", action="store_true", help="Only cmamil (e.g. for memory vs size).")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cmamil-bench")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
@@ -232,13 +249,17 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     slides = {size: synthetic_slide(args.workdir, *size, 0.5) for size in sizes}
     first = slides[sizes[0]]
-    extra = {"compile": args.compile}
+    variants = {v: {"precision": v.split("+")[0], "compile": v.endswith("+compile")} for v in args.variants.split(",")}
+    extra = next(iter(variants.values()))
     runs: dict[tuple, list[dict]] = {}
     for round_ in range(args.rounds):
         print(f"round {round_ + 1} of {args.rounds}", flush=True)
         for encoder in encoders:
-            for pipeline in ("clam", "cmamil")[args.no_reference:]:
-                runs.setdefault((pipeline, encoder), []).append(spawn(args, first, pipeline, encoder, **extra))
+            if not args.no_reference:
+                runs.setdefault(("clam", encoder), []).append(spawn(args, first, "clam", encoder))
+            for variant, options in variants.items():
+                runs.setdefault((f"cmamil {variant}", encoder), []).append(
+                    spawn(args, first, "cmamil", encoder, **options))
             if args.nested:
                 runs.setdefault(("nested", encoder), []).append(
                     spawn(args, first, "cmamil", encoder, magnifications=args.nested, **extra))
@@ -246,18 +267,22 @@ def main() -> None:
                 runs.setdefault((f"{size[0]}x{size[1]}", encoder), []).append(
                     spawn(args, slides[size], "cmamil", encoder, **extra))
 
-    compiled = ", compiled" if args.compile else ""
     print(f"\nslide {sizes[0][0]} x {sizes[0][1]} px at 0.5 µm/px (20x), 256-px tiles resized to 224, batch "
-          f"{args.batch_size}, fp32, CPU; cmamil with {args.num_workers} worker(s){compiled}; medians of "
+          f"{args.batch_size}, CPU; CLAM in fp32, cmamil with {args.num_workers} worker(s); medians of "
           f"{args.rounds} interleaved round(s)")
-    print("| encoder | CLAM tiles/s | CLAM GiB | cmamil tiles/s | cmamil GiB | speed ratio | memory ratio |")
-    print("|---|---|---|---|---|---|---|")
+    from cmamil.extract.encoder import cpu_computes_natively
+
+    print(f"CPU: {_cpu_model()}, {os.cpu_count()} cores; bf16 native: {cpu_computes_natively('bf16')}")
+    print("| encoder | CLAM tiles/s | CLAM GiB | cmamil | cmamil tiles/s | cmamil GiB | speed ratio | memory ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for encoder in encoders:
-        if ("clam", encoder) in runs:
-            (ct, cm), (mt, mm) = _median(runs[("clam", encoder)]), _median(runs[("cmamil", encoder)])
-            print(f"| {encoder} | {ct:.2f} | {cm:.2f} | {mt:.2f} | {mm:.2f} | {mt / ct:.2f}x | {mm / cm:.2f}x |")
+        for variant in variants if ("clam", encoder) in runs else ():
+            (ct, cm), (mt, mm) = _median(runs[("clam", encoder)]), _median(runs[(f"cmamil {variant}", encoder)])
+            print(f"| {encoder} | {ct:.2f} | {cm:.2f} | {variant} | {mt:.2f} | {mm:.2f} | {mt / ct:.2f}x "
+                  f"| {mm / cm:.2f}x |")
     for encoder in encoders:
-        single = _median(runs[("cmamil", encoder)]) if ("cmamil", encoder) in runs else None
+        key = (f"cmamil {next(iter(variants))}", encoder)
+        single = _median(runs[key]) if key in runs else None
         if args.nested and single:
             nt, nm = _median(runs[("nested", encoder)])
             print(f"nested {args.nested} ({runs[('nested', encoder)][0]['tiles']} tiles) {encoder}: {nt:.2f} tiles/s, "

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ from PIL import Image
 
 from cmamil.cli import main
 from cmamil.errors import InputError, PluginError
-from cmamil.extract.encoder import CPU_SUB_BATCH_PIXELS, Encoder
+from cmamil.extract.encoder import CPU_SUB_BATCH_PIXELS, Encoder, cpu_computes_natively
 from cmamil.extract.features import ExtractConfig, extract_slides
 from cmamil.extract.grid import TilingConfig, plan_tiles
 from cmamil.extract.loading import fixed_batches
@@ -332,10 +334,38 @@ def test_a_cpu_batch_embedded_in_sub_batches_equals_its_tiles_embedded_one_by_on
 
 
 def test_encoder_errors_are_one_line():
-    with pytest.raises(InputError, match="--precision bf16 runs on CUDA only"):
-        Encoder("example_cnn", device="cpu", precision="bf16")
+    emulated = [p for p in ("bf16", "fp16") if not cpu_computes_natively(p)]
+    for precision in emulated:  # an AVX512-BF16 CPU computes bf16 natively, so only fp16 is refused there
+        with pytest.raises(InputError, match=f"--precision {precision} needs CUDA or a CPU that computes in"):
+            Encoder("example_cnn", device="cpu", precision=precision)
     with pytest.raises(PluginError, match="encoder deit_small cannot embed 32-px tiles"):
         Encoder("deit_small", input_px=32, device="cpu")
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile needs a C++ compiler")
+def test_a_compiled_encoder_embeds_like_the_eager_one_and_pads_a_short_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # compile for real, not from an earlier cache
+    generator = torch.Generator().manual_seed(0)
+    tiles = torch.randint(0, 256, (5, 64, 64, 3), dtype=torch.uint8, generator=generator)
+    eager = Encoder("timm:resnet18", input_px=64, device="cpu")
+    compiled = Encoder("timm:resnet18", input_px=64, device="cpu", compile=True)
+    compiled.warm_up(8)
+    sizes = []  # rows of each call into the compiled forward
+    forward = compiled._forward
+    monkeypatch.setattr(compiled, "_forward", lambda x: sizes.append(len(x)) or forward(x))
+    features = compiled(tiles)
+    assert sizes == [8] and features.shape == (5, eager.num_features)
+    torch.testing.assert_close(features, eager(tiles), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not cpu_computes_natively("bf16"), reason="this CPU does not compute in bf16 natively")
+def test_bf16_on_a_cpu_that_computes_in_it_stays_within_a_percent_of_fp32():
+    generator = torch.Generator().manual_seed(0)
+    tiles = torch.randint(0, 256, (20, 224, 224, 3), dtype=torch.uint8, generator=generator)
+    fp32, bf16 = (Encoder("timm:resnet18", device="cpu", precision=p)(tiles) for p in ("fp32", "bf16"))
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    relative = (bf16 - fp32).norm(dim=1) / fp32.norm(dim=1)
+    assert 0 < relative.max() < 0.03  # rounded (so autocast ran), but close
 
 
 def test_cli_refuses_mixed_inputs(cohort, tmp_path):
