@@ -63,7 +63,9 @@ def _device(name: str) -> torch.device:
 
 
 def cpu_computes_natively(precision: str) -> bool:
-    """Whether oneDNN runs this reduced precision natively on this CPU (rather than emulating it)."""
+    """Whether oneDNN runs this precision natively on this CPU (rather than emulating it); fp32 always."""
+    if precision == "fp32":
+        return True
     if precision == "bf16":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
