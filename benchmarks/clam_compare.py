@@ -250,7 +250,8 @@ def main() -> None:
     slides = {size: synthetic_slide(args.workdir, *size, 0.5) for size in sizes}
     first = slides[sizes[0]]
     variants = {v: {"precision": v.split("+")[0], "compile": v.endswith("+compile")} for v in args.variants.split(",")}
-    extra = next(iter(variants.values()))
+    first_variant = next(iter(variants))
+    extra = variants[first_variant]
     runs: dict[tuple, list[dict]] = {}
     for round_ in range(args.rounds):
         print(f"round {round_ + 1} of {args.rounds}", flush=True)
@@ -281,7 +282,7 @@ def main() -> None:
             print(f"| {encoder} | {ct:.2f} | {cm:.2f} | {variant} | {mt:.2f} | {mm:.2f} | {mt / ct:.2f}x "
                   f"| {mm / cm:.2f}x |")
     for encoder in encoders:
-        key = (f"cmamil {next(iter(variants))}", encoder)
+        key = (f"cmamil {first_variant}", encoder)
         single = _median(runs[key]) if key in runs else None
         if args.nested and single:
             nt, nm = _median(runs[("nested", encoder)])

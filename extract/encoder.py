@@ -113,7 +113,7 @@ class Encoder:
         if precision not in PRECISIONS:
             raise InputError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
         self.device = _device(device)
-        if precision != "fp32" and self.device.type == "cpu" and not cpu_computes_natively(precision):
+        if self.device.type == "cpu" and not cpu_computes_natively(precision):
             raise InputError(f"--precision {precision} needs CUDA or a CPU that computes in {precision} natively "
                              f"(this one would emulate it, many times slower than fp32); use fp32")
         self.name = name
